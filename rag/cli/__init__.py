@@ -1,0 +1,1 @@
+"""The ``raftsmith`` command line: thin click shims over library functions."""

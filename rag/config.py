@@ -1,0 +1,289 @@
+"""Workspace configuration: ``raftsmith.yaml``, typed and validated once at load.
+
+Every section is a pydantic model whose fields carry their help text. Unknown keys are
+tolerated with a warning (a newer config on an older install still loads); wrong types
+or values raise :class:`ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rag.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "raftsmith.yaml"
+STATE_DIR = ".raftsmith"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class CrawlConfig(Section):
+    max_depth: int = Field(2, ge=0, description="Link depth followed from an llms.txt page.")
+    max_files: int = Field(200, ge=1, description="Most pages fetched in one crawl.")
+    delay_s: float = Field(0.2, ge=0, description="Pause between requests to one host.")
+    timeout_s: float = Field(20.0, gt=0, description="Per-request timeout.")
+    skip_infixes: list[str] = Field(default_factory=list, description="Skip URLs containing any of these.")
+    drop_query: bool = Field(True, description="Drop ?query strings from crawled URLs.")
+
+
+class CorpusConfig(Section):
+    name: str = Field("corpus", description="Name used for training data and exports.")
+    paths: list[str] = Field(default_factory=lambda: ["docs"], description="Folders, files or URLs to ingest (relative to the workspace).")
+    max_file_mb: float = Field(20.0, gt=0, description="Files larger than this are skipped.")
+    chunk_tokens: int = Field(256, ge=32, le=8192, description="Token budget per chunk (embedding tokenizer).")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared between neighbouring chunks of one section.")
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+
+
+class EmbeddingConfig(Section):
+    model: str = Field("default", description="'default' = packaged all-MiniLM-L6-v2; or a local folder or hub id.")
+    batch_size: int = Field(32, ge=1)
+    device: str = Field("cpu", description="'cpu', 'cuda', 'mps' or 'auto'.")
+
+
+class IndexConfig(Section):
+    path: str = Field(f"{STATE_DIR}/index", description="Folder holding the FAISS index and SQLite store.")
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="FAISS index type; auto = flat below 50k chunks, HNSW above.")
+
+
+class TeacherConfig(Section):
+    provider: Literal["openrouter", "openai", "openai-compatible", "ollama", "none"] = Field(
+        "none", description="Who writes the answers; 'none' uses the reference answers in the question files."
+    )
+    model: str = Field("anthropic/claude-sonnet-4.5", description="Teacher model name at the provider.")
+    base_url: str | None = Field(None, description="For openai-compatible/ollama teachers, e.g. http://127.0.0.1:8000/v1.")
+    key_name: str | None = Field(None, description="Keyring user name for the API key (default: the provider).")
+    concurrency: int = Field(8, ge=1, le=256)
+    max_cost_usd: float = Field(5.0, ge=0, description="Stop cleanly once the estimated spend reaches this.")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    temperature: float = Field(0.2, ge=0, le=2)
+    redact: bool = Field(False, description="Redact emails, phones, IPs, card numbers, keys before sending.")
+    deny_list: list[str] = Field(default_factory=list, description="Extra terms always redacted.")
+    local_only: bool = Field(False, description="Refuse any teacher that is not on loopback.")
+    price_in_per_mtok: float = Field(3.0, ge=0, description="USD per million prompt tokens, for cost estimates.")
+    price_out_per_mtok: float = Field(15.0, ge=0, description="USD per million completion tokens.")
+
+
+class RaftConfig(Section):
+    p_oracle: float = Field(0.8, ge=0, le=1, description="Probability that the oracle chunk is in the context.")
+    n_distractors: int = Field(4, ge=0, le=32)
+    cot: bool = Field(True, description="Chain-of-thought answers quoting the context.")
+    quote_begin: str = "##begin_quote##"
+    quote_end: str = "##end_quote##"
+    synthesize_per_chunk: int = Field(0, ge=0, description="Questions synthesized per chunk (0 = only question files).")
+    questions: list[str] = Field(default_factory=lambda: ["domain_questions"], description="Question YAML files or folders.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    dedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine above which two questions are near-duplicates.")
+    seed: int = 0
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    rslora: bool = False
+    target_modules: list[str] | None = Field(None, description="Default: the family's registry entry.")
+
+
+class StudentConfig(Section):
+    family: str = Field("smollm2", description="Model family from the registry (smollm2, qwen, phi-4-mini, mistral, llama3, gpt-oss).")
+    base: str | None = Field(None, description="Base model path or HF id (default: the family's).")
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lr: float | None = Field(None, gt=0, description="Learning rate (default: the family's).")
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(1024, ge=64)
+    packing: bool = False
+    seed: int = 0
+    output_dir: str = Field(f"{STATE_DIR}/runs", description="Where checkpoints and adapters go.")
+
+
+class ExportConfig(Section):
+    quantizations: list[str] = Field(default_factory=lambda: ["q4_k_m"], description="q4_k_m, q5_k_m, q8_0, f16.")
+    adapter: bool = Field(True, description="Also write the LoRA adapter as GGUF.")
+    out_dir: str = "gguf"
+    name: str | None = Field(None, description="Export name (default: corpus name + family).")
+
+
+class OllamaConfig(Section):
+    host: str | None = Field(None, description="Default: $OLLAMA_HOST or http://127.0.0.1:11434.")
+    base_model_name: str | None = Field(None, description="Name of the base model already in Ollama.")
+    tuned_model_name: str | None = Field(None, description="Name raftsmith registers the tuned model as.")
+
+
+class ChatConfig(Section):
+    backend: Literal["llama-cpp", "ollama", "openai"] = "llama-cpp"
+    model: str = Field("tuned", description="'base', 'tuned' or a model name/path.")
+    top_k: int = Field(5, ge=1, le=100)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    min_score: float = Field(0.25, description="Dense cosine below which a chunk counts as irrelevant.")
+    num_ctx: int = Field(4096, ge=512)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    base_url: str | None = Field(None, description="For the openai backend.")
+    base_gguf: str | None = Field(None, description="Base GGUF for llama-cpp (default: the family's packaged/base GGUF).")
+
+
+class AuditConfig(Section):
+    path: str = f"{STATE_DIR}/audit.jsonl"
+    hmac_key_name: str | None = Field(None, description="Keyring name of an HMAC key; off when unset.")
+    log_text: bool = Field(True, description="False = log sha256 of query and answer instead of text.")
+
+
+class RaftsmithConfig(Section):
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    raft: RaftConfig = Field(default_factory=RaftConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @field_validator("corpus")
+    @classmethod
+    def _name_is_filename_safe(cls, v: CorpusConfig) -> CorpusConfig:
+        if not v.name or any(c in v.name for c in "/\\ \t"):
+            raise ValueError("corpus.name must be a non-empty name without slashes or spaces")
+        return v
+
+
+class Workspace:
+    """A loaded config plus the folder it lives in; resolves every relative path."""
+
+    def __init__(self, root: Path, config: RaftsmithConfig, config_path: Path | None = None):
+        self.root = root.resolve()
+        self.config = config
+        self.config_path = config_path
+
+    def path(self, rel: str | os.PathLike[str]) -> Path:
+        p = Path(os.path.expanduser(str(rel)))
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path(self.config.index.path)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.path(self.config.audit.path)
+
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "training_data"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path(self.config.export.out_dir)
+
+
+def _warn_unknown(model: BaseModel, prefix: str = "") -> None:
+    extra = model.model_extra or {}
+    for key in extra:
+        log.warning("raftsmith.yaml: unknown key '%s%s' ignored (check the spelling)", prefix, key)
+    for name in type(model).model_fields:
+        child = getattr(model, name)
+        if isinstance(child, BaseModel):
+            _warn_unknown(child, f"{prefix}{name}.")
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
+    lines.append("Fix these keys in the file, or run 'raftsmith init' to write a fresh default config.")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = CONFIG_NAME) -> RaftsmithConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of sections (corpus:, embedding:, ...), not {type(data).__name__}")
+    try:
+        cfg = RaftsmithConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+    _warn_unknown(cfg)
+    return cfg
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for d in [here, *here.parents]:
+        candidate = d / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_workspace(config_path: str | os.PathLike[str] | None = None) -> Workspace:
+    """Load the workspace from ``config_path``, $RAFTSMITH_CONFIG, or the nearest raftsmith.yaml upward."""
+    if config_path is None:
+        config_path = os.environ.get("RAFTSMITH_CONFIG") or None
+    if config_path is None:
+        found = find_config()
+        if found is None:
+            raise ConfigError(
+                f"No {CONFIG_NAME} found here or in any parent folder. "
+                "Run 'raftsmith init DIR' to create a workspace, or pass --config PATH."
+            )
+        config_path = found
+    path = Path(config_path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Run 'raftsmith init {path.parent}' or fix --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}. Fix the syntax at the position shown.") from None
+    return Workspace(path.parent, parse_config(data, str(path)), path)
+
+
+def dump_config(cfg: RaftsmithConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True, allow_unicode=True)
+
+
+def default_config_text(corpus_name: str = "corpus") -> str:
+    cfg = RaftsmithConfig()
+    cfg.corpus.name = corpus_name
+    header = (
+        "# raftsmith workspace configuration. Every key is optional; see README.md.\n"
+        "# Paths are relative to this file's folder.\n"
+    )
+    return header + dump_config(cfg)
+
+
+def init_workspace(directory: str | os.PathLike[str], corpus_name: str = "corpus", force: bool = False) -> Workspace:
+    root = Path(directory).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cfg_path = root / CONFIG_NAME
+    if cfg_path.exists() and not force:
+        raise ConfigError(f"{cfg_path} already exists; pass --force to overwrite it.")
+    for sub in ("docs", "domain_questions", "training_data", "gguf", "modelfiles", STATE_DIR):
+        (root / sub).mkdir(exist_ok=True)
+    tmp = cfg_path.with_suffix(".yaml.tmp")
+    tmp.write_text(default_config_text(corpus_name), encoding="utf-8")
+    os.replace(tmp, cfg_path)
+    return load_workspace(cfg_path)

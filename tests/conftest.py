@@ -1,0 +1,77 @@
+"""Test isolation and shared paths.
+
+Every test runs with HOME, XDG dirs and the keyring pointed at a temp dir (no test can touch
+the developer's real keyring or config), offline hub settings, and fixtures for the packaged
+models and the sample corpus.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAMPLE = REPO / "examples" / "kestrel"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    # Keyring: a plaintext file backend inside the temp home, never the OS keyring.
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("RAFTSMITH_CONFIG", raising=False)
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    for var in ("OPENROUTER_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    # Shared, expensive caches (HF folder of SmolLM2 built from the GGUF, llama.cpp sources)
+    # stay outside the temp home so they are built once per machine.
+    monkeypatch.setenv("RAFTSMITH_CACHE", os.environ.get("RAFTSMITH_CACHE", str(REPO / ".raftsmith-cache")))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} is missing: the shared/ folder must sit beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from rag.packaged import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from rag.packaged import minilm_dir
+
+    return minilm_dir()
+
+
+@pytest.fixture
+def sample_workspace(tmp_path: Path) -> Path:
+    """A fresh workspace holding a copy of the sample corpus and its question sets."""
+    from rag.config import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", corpus_name="kestrel")
+    shutil.rmtree(ws.root / "docs")
+    shutil.copytree(SAMPLE / "docs", ws.root / "docs")
+    for f in (REPO / "domain_questions").glob("kestrel*.yaml"):
+        shutil.copy(f, ws.root / "domain_questions" / f.name)
+    return ws.root
