@@ -73,6 +73,10 @@ class TeacherConfig(Section):
     local_only: bool = Field(False, description="Refuse any teacher that is not on loopback.")
     price_in_per_mtok: float = Field(3.0, ge=0, description="USD per million prompt tokens, for cost estimates.")
     price_out_per_mtok: float = Field(15.0, ge=0, description="USD per million completion tokens.")
+    max_tokens: int = Field(600, ge=16, le=32768, description="Most tokens the teacher may write per answer.")
+    structured: Literal["auto", "json_schema", "json_object", "ollama", "off"] = Field(
+        "auto", description="Structured-output style; auto = the provider's (llama.cpp servers: json_object)."
+    )
 
 
 class RaftConfig(Section):
@@ -135,6 +139,7 @@ class ChatConfig(Section):
     temperature: float = Field(0.0, ge=0, le=2)
     base_url: str | None = Field(None, description="For the openai backend.")
     base_gguf: str | None = Field(None, description="Base GGUF for llama-cpp (default: the family's packaged/base GGUF).")
+    offline: bool = Field(False, description="ask/chat/serve refuse every non-loopback network connection (socket guard).")
 
 
 class AuditConfig(Section):

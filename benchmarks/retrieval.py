@@ -1,0 +1,226 @@
+"""Retrieval benchmark: recall@1/5/10 on APIBench TorchHub for dense, bm25 and hybrid, plus
+ingest throughput, query latency at 10k/100k chunks, and peak RSS.
+
+    .venv/bin/python benchmarks/retrieval.py [--data DIR] [--out FILE] [--scale 10000,100000]
+
+Rendering: each of the 94 API records becomes one markdown document through the real ingest
+pipeline (parser, chunker, MiniLM, FAISS + SQLite/FTS5):
+
+    # <api_name>: <functionality>
+    Domain: <domain>. Framework: <framework>.
+    <description>
+    API call: `<api_call>`
+    Trained on <performance.dataset>; accuracy <performance.accuracy>.
+    ## Example            (example_code, fenced)
+
+A question is the text between ``###Instruction:`` and ``###Output``; the right document is
+the record whose ``api_call`` equals the question's. Documents are ranked by the first
+appearance of any of their chunks among the top 50 chunks, so long records split into
+several chunks do not crowd the list.
+
+The scale test measures the search engine itself (FAISS, FTS5, SQLite row fetch) on random
+unit vectors and synthetic text, since embedding 100k real chunks takes hours on 2 cores;
+the query embedding time (MiniLM) is measured separately and reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rag.config import init_workspace  # noqa: E402
+from rag.index.store import ChunkRow, IndexStore, build_faiss, save_faiss, vec_to_blob  # noqa: E402
+from rag.ingest.pipeline import ingest  # noqa: E402
+from rag.retrieve import Retriever  # noqa: E402
+
+
+def render(rec: dict[str, Any]) -> str:
+    perf = rec.get("performance") or {}
+    if isinstance(perf, dict):
+        acc = perf.get("accuracy")
+        perf_line = f"Trained on {perf.get('dataset', 'n/a')}; accuracy {json.dumps(acc) if not isinstance(acc, str) else acc}."
+    else:
+        perf_line = f"Performance: {perf}"
+    code = rec.get("example_code") or ""
+    if isinstance(code, list):
+        code = "\n".join(code)
+    return (
+        f"# {rec['api_name']}: {rec.get('functionality', '')}\n\n"
+        f"Domain: {rec.get('domain', '')}. Framework: {rec.get('framework', '')}.\n\n"
+        f"{rec.get('description', '')}\n\n"
+        f"API call: `{rec['api_call']}`\n\n{perf_line}\n\n"
+        f"## Example\n\n```python\n{code}\n```\n"
+    )
+
+
+def question_of(code: str) -> str:
+    m = re.search(r"###Instruction:\s*(.*?)\s*(?:###Output|$)", code, re.S)
+    return (m.group(1) if m else code).strip()
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def recall_bench(data: Path, work: Path) -> dict[str, Any]:
+    recs = [json.loads(ln) for ln in (data / "torchhub_api.jsonl").read_text().splitlines() if ln.strip()]
+    evals = [json.loads(ln) for ln in (data / "torchhub_eval.json").read_text().splitlines() if ln.strip()]
+    ws = init_workspace(work / "apibench", corpus_name="apibench")
+    doc_of_call: dict[str, str] = {}
+    for i, rec in enumerate(recs):
+        name = f"{i:03d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', rec['api_name'])[:40]}.md"
+        (ws.root / "docs" / name).write_text(render(rec), encoding="utf-8")
+        doc_of_call[rec["api_call"]] = f"docs/{name}"
+    t0 = time.perf_counter()
+    report = ingest(ws, progress=False)
+    ingest_s = time.perf_counter() - t0
+    questions = [question_of(e["code"]) for e in evals]
+    gold = [doc_of_call[e["api_call"]] for e in evals]
+    out: dict[str, Any] = {
+        "documents": len(recs), "questions": len(questions), "chunks": report.total_chunks,
+        "ingest_seconds_with_model_load": round(ingest_s, 2),
+        "modes": {},
+    }
+    with Retriever.from_workspace(ws) as r:
+        r.embed(["warm up"])
+        for mode in ("dense", "bm25", "hybrid"):
+            t0 = time.perf_counter()
+            results = r.search_many(questions, k=50, mode=mode)
+            per_query_ms = (time.perf_counter() - t0) * 1000 / len(questions)
+            ranks: list[int | None] = []
+            for chunks, want in zip(results, gold, strict=True):
+                docs: list[str] = []
+                for c in chunks:
+                    if c.source not in docs:
+                        docs.append(c.source)
+                ranks.append(docs.index(want) + 1 if want in docs else None)
+            out["modes"][mode] = {
+                **{f"recall@{k}": round(sum(1 for x in ranks if x is not None and x <= k) / len(ranks), 4)
+                   for k in (1, 5, 10)},
+                "mrr@50": round(sum(1 / x for x in ranks if x) / len(ranks), 4),
+                "batch_ms_per_query": round(per_query_ms, 2),
+            }
+        lat = []
+        for q in questions[:50]:
+            t0 = time.perf_counter()
+            r.embed([q])
+            lat.append((time.perf_counter() - t0) * 1000)
+        out["query_embedding_ms_p50"] = round(statistics.median(lat), 2)
+    return out
+
+
+def embed_throughput(n: int = 96) -> dict[str, Any]:
+    """MiniLM chunks/s on 200-word chunks (the issue's baseline: 22.5 chunks/s)."""
+    from rag.config import EmbeddingConfig
+    from rag.index.embedder import load_embedder
+
+    emb = load_embedder(EmbeddingConfig())
+    rnd = random.Random(0)
+    vocab = [w for w in re.findall(r"[a-z]+", Path(__file__).read_text().lower()) if len(w) > 2]
+    texts = [" ".join(rnd.choice(vocab) for _ in range(200)) for _ in range(n)]
+    emb.encode(texts[:8])
+    t0 = time.perf_counter()
+    emb.encode(texts)
+    dt = time.perf_counter() - t0
+    return {"chunks": n, "words_per_chunk": 200, "chunks_per_s": round(n / dt, 1), "batch_size": emb.batch_size}
+
+
+def scale_bench(sizes: list[int], work: Path, dim: int = 384, queries: int = 100) -> dict[str, Any]:
+    import numpy as np
+
+    rnd = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(20000)]
+    out: dict[str, Any] = {}
+    for n in sizes:
+        d = work / f"scale-{n}"
+        store = IndexStore(d)
+        vecs = rnd.standard_normal((n, dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        words = rnd.integers(0, len(vocab), size=(n, 60))
+        with store.transaction():
+            store.insert_chunks(
+                (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
+                          " ".join(vocab[j] for j in words[i]), 60, f"{i}"), vec_to_blob(vecs[i]))
+                for i in range(n))
+            store.set_meta("generation", "1")
+            store.set_meta("embedding_model", "default")
+        insert_s = time.perf_counter() - t0
+        row: dict[str, Any] = {"sqlite_insert_s": round(insert_s, 2)}
+        for kind in ("flat", "hnsw"):
+            t0 = time.perf_counter()
+            ids, mat = store.all_vectors()
+            index = build_faiss(ids, mat, kind, dim)
+            build_s = time.perf_counter() - t0
+            store.set_meta("faiss_kind", kind)
+            save_faiss(d, index, {"generation": 1, "faiss_kind": kind})
+            from rag.config import EmbeddingConfig
+
+            r = Retriever(d, EmbeddingConfig())
+            qv = rnd.standard_normal((queries, dim)).astype(np.float32)
+            qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+            qtext = [" ".join(vocab[j] for j in rnd.integers(0, len(vocab), 8)) for _ in range(queries)]
+            res: dict[str, Any] = {"build_s": round(build_s, 2)}
+            for mode in ("dense", "bm25", "hybrid"):
+                lat = []
+                for i in range(queries):
+                    t0 = time.perf_counter()
+                    r._search_one(qtext[i], qv[i] if mode != "bm25" else None, 5, mode, False)
+                    lat.append((time.perf_counter() - t0) * 1000)
+                lat.sort()
+                res[mode] = {"p50_ms": round(lat[len(lat) // 2], 2), "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2)}
+            if kind == "hnsw":  # recall of HNSW against exact search on the same vectors
+                exact = build_faiss(ids, mat, "flat", dim)
+                _, e_ids = exact.search(qv, 10)
+                _, h_ids = index.search(qv, 10)
+                res["recall@10_vs_flat"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(e_ids, h_ids, strict=True)])), 4)
+            r.close()
+            row[kind] = res
+        store.close()
+        row["peak_rss_mb"] = round(rss_mb(), 1)
+        out[str(n)] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchmarks" / "apibench-torchhub")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "retrieval.json")
+    ap.add_argument("--scale", default="10000,100000", help="Chunk counts for the latency test ('' = skip).")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="raftsmith-bench-") as tmp:
+        work = Path(tmp)
+        result: dict[str, Any] = {"benchmark": "apibench-torchhub", "embedding_model": "all-MiniLM-L6-v2 (packaged)"}
+        result["recall"] = recall_bench(args.data, work)
+        result["embedding_throughput"] = embed_throughput()
+        sizes = [int(s) for s in args.scale.split(",") if s.strip()]
+        if sizes:
+            result["scale"] = scale_bench(sizes, work)
+        result["peak_rss_mb"] = round(rss_mb(), 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    rec = result["recall"]
+    print(f"APIBench TorchHub: {rec['documents']} docs, {rec['questions']} questions, {rec['chunks']} chunks")
+    print(f"{'mode':8} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR':>6}")
+    for mode, m in rec["modes"].items():
+        print(f"{mode:8} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} {m['mrr@50']:6.3f}")
+    print("embedding:", result["embedding_throughput"])
+    for n, row in result.get("scale", {}).items():
+        print(f"{n} chunks:", json.dumps(row))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

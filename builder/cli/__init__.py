@@ -1,0 +1,1 @@
+"""Command-line shims of the builder (home machine) verbs."""

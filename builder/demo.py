@@ -1,0 +1,150 @@
+"""The offline CPU demo: the whole home -> laptop journey on the embedded defaults.
+
+Home side (a temporary workspace): ingest the Kestrel sample corpus, build RAFT rows from
+the curated question set (reference answers: no network), LoRA-tune SmolLM2-135M, export
+merged + adapter GGUFs with Modelfiles, pack a bundle. Laptop side (a second folder):
+install the bundle (verified first), run the base vs tuned A/B evaluation over the
+held-out paraphrases with and without retrieval through the in-process llama.cpp backend,
+write the reports and verify the audit log.
+
+Every step is a library call that the CLI verbs also use; nothing here is demo-only logic
+except choosing small, fast settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.config import Workspace, dump_config, init_workspace, load_workspace
+from rag.errors import ConfigError, RaftsmithError
+
+SAMPLE_NAME = "kestrel"
+
+
+def sample_dir() -> Path:
+    """The sample corpus shipped in the repository (examples/kestrel)."""
+    here = Path(__file__).resolve().parents[1] / "examples" / SAMPLE_NAME
+    if not (here / "docs").is_dir():
+        raise ConfigError(
+            f"The sample corpus was not found at {here}. Run the demo from a raftsmith checkout "
+            "(git clone ...; bash .ci/bootstrap demo)."
+        )
+    return here
+
+
+def questions_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "domain_questions"
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+    ingest: dict[str, Any] = field(default_factory=dict)
+    generate: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    bundle: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    audit_ok: bool = False
+    audit_records: int = 0
+    report_files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+def _home_workspace(root: Path, epochs: float) -> Workspace:
+    ws = init_workspace(root, corpus_name=SAMPLE_NAME, force=True)
+    shutil.rmtree(ws.root / "docs")
+    shutil.copytree(sample_dir() / "docs", ws.root / "docs")
+    for name in (f"{SAMPLE_NAME}.yaml", f"{SAMPLE_NAME}-heldout.yaml"):
+        shutil.copy(questions_dir() / name, ws.root / "domain_questions" / name)
+    cfg = ws.config
+    cfg.raft.questions = [f"domain_questions/{SAMPLE_NAME}.yaml"]
+    # The held-out paraphrases are the test; every curated question may be trained on.
+    cfg.raft.eval_fraction = 0.1
+    cfg.student.family = "smollm2"
+    cfg.student.epochs = epochs
+    cfg.export.quantizations = ["q4_k_m"]
+    cfg.export.adapter = True
+    cfg.chat.backend = "llama-cpp"
+    cfg.chat.top_k = 3
+    cfg.chat.max_tokens = 48
+    assert ws.config_path is not None
+    ws.config_path.write_text(dump_config(cfg), encoding="utf-8")
+    return load_workspace(ws.config_path)
+
+
+def run_demo(
+    out_dir: str | Path = "demo-out",
+    epochs: float = 3.0,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
+    from builder.export.run import run_export
+    from builder.generate.engine import run_generate
+    from builder.train.run import run_train
+    from rag.audit import verify as audit_verify
+    from rag.bundle import create_bundle, install_bundle
+    from rag.evaluate import run_eval
+    from rag.ingest.pipeline import ingest
+
+    out = Path(out_dir).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    result = DemoResult(out_dir=out)
+    t_all = time.monotonic()
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        say(f"==> {name}")
+        t0 = time.monotonic()
+        try:
+            value = fn()
+        except RaftsmithError as err:
+            raise type(err)(f"demo step '{name}' failed: {err}") from None
+        result.steps[name] = round(time.monotonic() - t0, 2)
+        say(f"    done in {result.steps[name]:.1f} s")
+        return value
+
+    home = step("home workspace", lambda: _home_workspace(out / "home", epochs))
+    rep = step("ingest sample corpus", lambda: ingest(home, progress=progress))
+    result.ingest = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep.__dict__)
+    gen = step("generate RAFT data (reference answers, offline)", lambda: run_generate(home, teacher="none", progress=progress))
+    result.generate = gen.to_dict()
+    tr = step("LoRA-train SmolLM2-135M on the CPU", lambda: run_train(home, progress=progress))
+    result.train = tr.to_dict()
+    ex = step("export GGUFs + Modelfiles", lambda: run_export(home, progress=progress))
+    result.export = ex.to_dict() if hasattr(ex, "to_dict") else {}
+    bundle_path = out / f"{SAMPLE_NAME}-bundle.tar"
+    b = step("bundle for the air gap", lambda: create_bundle(home, bundle_path, progress=progress))
+    result.bundle = b.to_dict() if hasattr(b, "to_dict") else {}
+    laptop_dir = out / "laptop"
+    step("install bundle on the 'laptop'", lambda: install_bundle(bundle_path, laptop_dir, progress=progress))
+    laptop = load_workspace(laptop_dir)
+    heldout = laptop.root / "domain_questions" / f"{SAMPLE_NAME}-heldout.yaml"
+    report_dir = out / "report"
+    ev = step(
+        "A/B evaluation: base vs tuned, with and without RAG",
+        lambda: run_eval(laptop, models=["base", "tuned"], rag_modes=[True, False], questions=[heldout], out_dir=report_dir, progress=progress),
+    )
+    result.eval = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
+    ver = step("verify the audit log", lambda: audit_verify(laptop.audit_path))
+    result.audit_ok = bool(getattr(ver, "ok", False))
+    result.audit_records = int(getattr(ver, "records", 0))
+    result.seconds = round(time.monotonic() - t_all, 1)
+    for name in ("results.json", "report.html", "report.md", "chart.png"):
+        if (report_dir / name).exists():
+            result.report_files[name] = str(report_dir / name)
+    (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+    return result

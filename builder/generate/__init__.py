@@ -1,0 +1,1 @@
+"""RAFT training-data generation: questions, oracle + distractor assembly, teacher, quality, engine."""

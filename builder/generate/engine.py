@@ -1,0 +1,458 @@
+"""The generation run: plan, ask the teacher concurrently, verify, append rows, resume.
+
+``run_generate`` is what ``raftsmith generate`` and the demo call. Rows are appended one at a
+time with fsync under stable ids, so a killed run loses at most the rows in flight and a
+rerun skips what is done; the teacher's replies sit in a SQLite cache, so a rerun of a
+finished run makes zero calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.generate.jsonl import JsonlAppender, read_rows, repair_jsonl
+from builder.generate.plan import plan_items
+from builder.generate.quality import decontamination_report, verify_quotes
+from builder.generate.questions import (
+    SYNTH_PROMPT_VERSION,
+    Question,
+    load_questions,
+    questions_from_synthesis,
+    synthesis_messages,
+    synthesis_schema,
+)
+from builder.generate.raft import RaftItem, build_row, reference_completion
+from rag.config import Workspace
+from rag.errors import ConfigError, IndexStoreError, TeacherError
+from rag.prompting import ANSWER_MARK, PROMPT_VERSION, format_documents
+
+log = logging.getLogger(__name__)
+
+ANSWER_PROMPT_VERSION = f"{PROMPT_VERSION}+answer-v1"
+QUALITY_RETRIES = 2  # regenerations of a row whose quotes do not verify
+
+
+@dataclass
+class GenerateSummary:
+    corpus: str
+    provider: str
+    model: str
+    train_rows: int = 0
+    eval_rows: int = 0
+    new_rows: int = 0
+    resumed_rows: int = 0
+    planned: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    dry_run: bool = False
+    estimated_prompt_tokens: int = 0
+    estimated_completion_tokens: int = 0
+    estimated_cost_usd: float = 0.0
+    stopped: str | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
+    payloads_sent: int = 0
+    quotes_verified_rows: int = 0
+    torn_bytes_repaired: int = 0
+    decontamination: dict[str, Any] = field(default_factory=dict)
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def output_paths(ws: Workspace) -> dict[str, Path]:
+    name = ws.config.corpus.name
+    return {s: ws.training_dir / f"{name}.{s}.jsonl" for s in ("train", "eval")}
+
+
+def _chunk_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _meta(item: RaftItem, answer: str, quotes_ok: bool, provider: str, model: str, prompt_version: str) -> dict[str, Any]:
+    ctx = item.context
+    chunks = {c.chunk_id: c for c in [*ctx.oracle, *ctx.documents]}
+    return {
+        "id": item.id,
+        "question": item.question,
+        "answer": answer,
+        "oracle_chunk_ids": [c.chunk_id for c in ctx.oracle],
+        "distractor_chunk_ids": [c.chunk_id for c in ctx.distractors],
+        "has_oracle": ctx.has_oracle,
+        "quotes_verified": quotes_ok,
+        "teacher": {"provider": provider, "model": model, "prompt_version": prompt_version},
+        "source_sha256": {cid: _chunk_sha(c.text) for cid, c in chunks.items()},
+        "split": item.split,
+        "category": item.category,
+        "reference_answer": item.answer,
+    }
+
+
+# ---------------------------------------------------------------- teacher prompts
+
+
+def answer_schema(cot: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {"answer": {"type": "string", "minLength": 1}}
+    if cot:
+        props = {"reasoning": {"type": "string", "minLength": 1}, **props}
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def answer_messages(item: RaftItem, cot: bool, qb: str, qe: str) -> list[dict[str, str]]:
+    ctx = item.context
+    docs = ctx.documents if ctx.has_oracle else ctx.oracle
+    oracle_nums = [i for i, c in enumerate(docs, 1) if c.chunk_id in {o.chunk_id for o in ctx.oracle}]
+    if cot:
+        system = (
+            "You write model answers for training a domain assistant. Use only the documents. "
+            "In 'reasoning' explain in two to four sentences how the documents answer the question, "
+            f"copying every sentence you rely on word for word between {qb} and {qe} and citing it "
+            "as [n] with its document number. In 'answer' give only the short final answer. Reply with JSON."
+        )
+    else:
+        system = "You answer questions from the given documents. Reply with JSON: {\"answer\": short final answer}."
+    hint = f"\nThe answer is in document {', '.join(f'[{n}]' for n in oracle_nums)}." if oracle_nums else ""
+    user = f"{format_documents(docs)}\n\nQuestion: {item.question.strip()}{hint}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def _strip_citations(text: str) -> str:
+    import re
+
+    return re.sub(r"\s*\[\d+(?:\s*,\s*\d+)*\]", "", text)
+
+
+def compose_teacher_row(item: RaftItem, data: dict[str, Any], cot: bool, qb: str, qe: str) -> tuple[str, str, bool, str | None]:
+    """(assistant content, answer, quotes verified, drop reason or None) from a teacher reply."""
+    answer = " ".join(str(data.get("answer", "")).split())
+    if answer.startswith(ANSWER_MARK):
+        answer = answer[len(ANSWER_MARK):].strip()
+    if not answer:
+        return "", "", False, "empty_answer"
+    if not cot:
+        return f"{ANSWER_MARK} {answer}", answer, False, None
+    reasoning = str(data.get("reasoning", "")).replace(ANSWER_MARK, "").strip()
+    check = verify_quotes(reasoning, item.context.oracle, qb, qe)
+    if not check.quotes:
+        return "", answer, False, "no_quotes"
+    if check.bad:
+        return "", answer, False, "unverified_quote"
+    if not item.context.has_oracle:
+        # RAFT's (1-p) rows: the answer stays, but no citation can point at an absent document
+        return f"{ANSWER_MARK} {answer}", answer, True, None
+    return f"{reasoning}\n{ANSWER_MARK} {answer}", answer, True, None
+
+
+# ---------------------------------------------------------------- run
+
+
+def _estimate_tokens(messages: Sequence[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages) // 4 + 8 * len(messages)
+
+
+def run_generate(
+    ws: Workspace,
+    questions: Sequence[str | os.PathLike[str]] | None = None,
+    synthesize: int | None = None,
+    teacher: Any = None,
+    dry_run: bool = False,
+    local_only: bool | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int | None = None,
+    retriever: Any = None,
+    quality_retries: int = QUALITY_RETRIES,
+) -> GenerateSummary:
+    """Generate RAFT rows into training_data/<corpus>.{train,eval}.jsonl; see module doc.
+
+    ``teacher`` is a provider name ("none", "openrouter", ...), a ready Teacher object, or None
+    for ``teacher.provider`` from the config.
+    """
+    t0 = time.monotonic()
+    cfg = ws.config
+    provider = teacher if isinstance(teacher, str) else (cfg.teacher.provider if teacher is None else teacher.provider)
+    n_synth = cfg.raft.synthesize_per_chunk if synthesize is None else synthesize
+    if provider == "none" and n_synth:
+        raise ConfigError("--synthesize needs a teacher: pass --teacher openrouter|openai|openai-compatible|ollama, or --synthesize 0.")
+    qpaths = [ws.path(p) for p in (questions if questions else cfg.raft.questions)]
+    qs: list[Question] = load_questions(qpaths) if qpaths else []
+
+    own_retriever = retriever is None
+    if retriever is None:
+        from rag.retrieve import Retriever
+
+        if not ws.index_dir.exists():
+            raise IndexStoreError(f"No index at {ws.index_dir}. Run 'raftsmith ingest' first.")
+        retriever = Retriever.from_workspace(ws)
+    teacher_obj: Any = None
+    try:
+        if provider != "none":
+            if isinstance(teacher, str) or teacher is None:
+                from builder.generate.teacher import make_teacher
+
+                teacher_obj = make_teacher(
+                    ws, provider, model=model, base_url=base_url, api_key=api_key,
+                    local_only=cfg.teacher.local_only if local_only is None else local_only,
+                )
+            else:
+                teacher_obj = teacher
+        tmodel = teacher_obj.model if teacher_obj is not None else "reference"
+        summary = GenerateSummary(corpus=cfg.corpus.name, provider=provider, model=tmodel, dry_run=dry_run)
+        runner = _Runner(ws, summary, teacher_obj, concurrency or cfg.teacher.concurrency, progress)
+        runner.quality_retries = quality_retries
+        return asyncio.run(runner.run(qs, n_synth, retriever, limit, dry_run, t0))
+    finally:
+        if own_retriever:
+            retriever.close()
+
+
+class _Runner:
+    def __init__(self, ws: Workspace, summary: GenerateSummary, teacher: Any, concurrency: int, progress: bool):
+        self.ws = ws
+        self.cfg = ws.config
+        self.s = summary
+        self.teacher = teacher
+        self.sem = asyncio.Semaphore(max(1, concurrency))
+        self.show_progress = progress
+        self.stop = False
+        self._bar: Any = None
+        self._task: Any = None
+        self.quality_retries = QUALITY_RETRIES
+
+    # -- budget
+    def _spent(self) -> float:
+        if self.teacher is None:
+            return 0.0
+        st = self.teacher.stats
+        return st.cost_usd
+
+    def _over_budget(self) -> bool:
+        cap = self.cfg.teacher.max_cost_usd
+        if cap > 0 and self._spent() >= cap:
+            if not self.stop:
+                self.stop = True
+                self.s.stopped = f"max_cost_usd reached (${self._spent():.4f} >= ${cap:.2f}); rerun with a higher teacher.max_cost_usd to continue"
+            return True
+        return False
+
+    async def run(self, qs: list[Question], n_synth: int, retriever: Any, limit: int | None, dry_run: bool, t0: float) -> GenerateSummary:
+        raft = self.cfg.raft
+        try:
+            if n_synth:
+                qs = qs + await self._synthesize(retriever.all_chunks(), n_synth, dry_run)
+            plan = plan_items(qs, retriever, raft, need_reference=self.teacher is None, limit=limit)
+            for k, v in plan.dropped.items():
+                self.s.drop(k, v)
+            self.s.near_duplicates = plan.duplicates
+            self.s.planned = len(plan.items)
+            paths = output_paths(self.ws)
+            self.s.files = {k: str(v) for k, v in paths.items()}
+            if dry_run:
+                self._estimate(plan.items)
+                return self._finish(t0)
+            done: set[str] = set()
+            for p in paths.values():
+                self.s.torn_bytes_repaired += repair_jsonl(p)
+                done.update(r["meta"]["id"] for r in read_rows(p) if isinstance(r, dict) and "meta" in r)
+            pending = [it for it in plan.items if it.id not in done]
+            self.s.resumed_rows = len(plan.items) - len(pending)
+            writers = {k: JsonlAppender(p) for k, p in paths.items()}
+            try:
+                await self._answer_all(pending, writers)
+            finally:
+                for w in writers.values():
+                    w.close()
+            self._report(paths, retriever)
+            return self._finish(t0)
+        finally:
+            if self.teacher is not None:
+                await self.teacher.aclose()
+
+    def _finish(self, t0: float) -> GenerateSummary:
+        if self.teacher is not None:
+            st = self.teacher.stats
+            self.s.calls, self.s.cache_hits, self.s.retries = st.calls, st.cache_hits, st.retries
+            self.s.prompt_tokens, self.s.completion_tokens = st.prompt_tokens, st.completion_tokens
+            self.s.cost_usd = round(st.cost_usd, 6)
+            self.s.redactions = dict(st.redactions)
+            self.s.payloads_sent = st.payloads_sent
+        self.s.elapsed_s = round(time.monotonic() - t0, 3)
+        if not self.s.dry_run:
+            self.ws.state_dir.mkdir(parents=True, exist_ok=True)
+            out = self.ws.state_dir / "generate_summary.json"
+            tmp = out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.s.to_dict(), indent=2, default=str), encoding="utf-8")
+            os.replace(tmp, out)
+        return self.s
+
+    def _estimate(self, items: list[RaftItem]) -> None:
+        raft, tc = self.cfg.raft, self.cfg.teacher
+        if self.teacher is None:
+            return
+        p_tok = sum(_estimate_tokens(answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end)) for it in items)
+        c_tok = len(items) * (min(tc.max_tokens, 250) if raft.cot else 40)
+        self.s.estimated_prompt_tokens += p_tok
+        self.s.estimated_completion_tokens += c_tok
+        self.s.estimated_cost_usd = round(
+            self.s.estimated_prompt_tokens * tc.price_in_per_mtok / 1e6 + self.s.estimated_completion_tokens * tc.price_out_per_mtok / 1e6, 6
+        )
+
+    def _report(self, paths: dict[str, Path], retriever: Any) -> None:
+        rows = [r for p in paths.values() for r in read_rows(p)]
+        self.s.train_rows = sum(r["meta"]["split"] == "train" for r in rows)
+        self.s.eval_rows = sum(r["meta"]["split"] == "eval" for r in rows)
+        self.s.quotes_verified_rows = sum(bool(r["meta"].get("quotes_verified")) for r in rows)
+        rep = decontamination_report(rows, retriever.embed, self.cfg.raft.dedup_threshold)
+        self.s.decontamination = rep.to_dict()
+
+    # -- progress
+    def _progress_start(self, total: int, label: str) -> None:
+        if not self.show_progress or total == 0:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"), transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total, stats="")
+
+    def _progress_advance(self) -> None:
+        if self._bar is None:
+            return
+        stats = ""
+        if self.teacher is not None:
+            st = self.teacher.stats
+            stats = f"tok {st.prompt_tokens + st.completion_tokens:,}  ${st.cost_usd:.4f}  calls {st.calls} cached {st.cache_hits}"
+        self._bar.update(self._task, advance=1, stats=stats)
+
+    def _progress_stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    # -- synthesis
+    async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:
+        if dry_run:
+            for c in chunks:
+                self.s.estimated_prompt_tokens += _estimate_tokens(synthesis_messages(c, n))
+                self.s.estimated_completion_tokens += 40 * n
+            return []
+        out: list[tuple[str, list[Question]]] = []
+        self._progress_start(len(chunks), "synthesize")
+
+        async def one(c: Any) -> None:
+            async with self.sem:
+                if self.stop or self._over_budget():
+                    self.s.drop("synth_not_started_budget")
+                    return
+                try:
+                    reply = await self.teacher.complete_json(
+                        synthesis_messages(c, n), synthesis_schema(n), prompt_version=SYNTH_PROMPT_VERSION,
+                        max_tokens=min(60 * n + 40, self.cfg.teacher.max_tokens), tag=f"synth:{c.chunk_id}",
+                    )
+                except TeacherError as err:
+                    if getattr(err, "fatal", True):
+                        raise
+                    self.s.drop("synth_teacher_failed")
+                    return
+                finally:
+                    self._progress_advance()
+                got, rejected = questions_from_synthesis(c, reply.data, n)
+                for k, v in rejected.items():
+                    self.s.drop(k, v)
+                out.append((c.chunk_id, got))
+
+        try:
+            await asyncio.gather(*(one(c) for c in chunks))
+        finally:
+            self._progress_stop()
+        # deterministic order whatever the completion order was
+        return [q for _, got in sorted(out, key=lambda t: t[0]) for q in got]
+
+    # -- answers
+    async def _answer_all(self, items: list[RaftItem], writers: dict[str, JsonlAppender]) -> None:
+        self._progress_start(len(items), "generate")
+        try:
+            if self.teacher is None:
+                for it in items:
+                    self._write_reference(it, writers)
+                    self._progress_advance()
+                return
+            await asyncio.gather(*(self._answer_one(it, writers) for it in items))
+        finally:
+            self._progress_stop()
+
+    def _write_reference(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
+        raft = self.cfg.raft
+        assert it.answer is not None
+        content, quotes = reference_completion(
+            it.question, it.answer, it.context, cot=raft.cot, quote_begin=raft.quote_begin, quote_end=raft.quote_end
+        )
+        meta = _meta(it, it.answer, bool(quotes), "none", "reference", PROMPT_VERSION)
+        writers[it.split].append(build_row(it, content, meta))
+        self.s.new_rows += 1
+
+    async def _answer_one(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
+        raft = self.cfg.raft
+        async with self.sem:
+            if self.stop or self._over_budget():
+                self.s.drop("not_started_budget")
+                return
+            try:
+                reason: str | None = None
+                for attempt in range(self.quality_retries + 1):
+                    try:
+                        reply = await self.teacher.complete_json(
+                            answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end),
+                            answer_schema(raft.cot), prompt_version=ANSWER_PROMPT_VERSION,
+                            max_tokens=self.cfg.teacher.max_tokens, attempt=attempt, tag=it.id,
+                        )
+                    except TeacherError as err:
+                        if getattr(err, "fatal", True):
+                            raise
+                        reason = getattr(err, "reason", "teacher_failed")
+                        break
+                    content, answer, ok, reason = compose_teacher_row(it, reply.data, raft.cot, raft.quote_begin, raft.quote_end)
+                    if reason is None:
+                        meta = _meta(it, answer, ok, self.teacher.provider, self.teacher.model, ANSWER_PROMPT_VERSION)
+                        writers[it.split].append(build_row(it, content, meta))
+                        self.s.new_rows += 1
+                        return
+                    if reason == "empty_answer" or self._over_budget():
+                        break
+                self.s.drop(reason or "teacher_failed")
+            finally:
+                self._progress_advance()

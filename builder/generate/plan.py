@@ -1,0 +1,138 @@
+"""Planning a generation run: questions -> oracle, split, RAFT context, before any teacher call.
+
+Everything here is deterministic for a given index, question set and seed, so a resumed run
+plans exactly the same rows and skips the finished ones by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.generate.quality import near_duplicates, split_by_chunk
+from builder.generate.questions import Question
+from builder.generate.raft import RaftItem, hard_negatives_below, normalize_answer, sample_context
+from rag.config import RaftConfig
+from rag.types import Chunk
+
+
+@dataclass
+class Plan:
+    items: list[RaftItem] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def _contains(answer: str, text: str) -> bool:
+    return normalize_answer(answer) in normalize_answer(text)
+
+
+def _answer_oracle(q: Question, hits: Sequence[Chunk], chunks: Sequence[Chunk]) -> list[Chunk]:
+    """With a reference answer, the oracle is the best-ranked chunk that contains it.
+
+    The top hit alone is often a neighbouring section (a summary table, an overview); the
+    retrieval hits are searched first, then the whole corpus by word overlap with the question.
+    """
+    if not q.answer:
+        return []
+    for c in hits:
+        if _contains(q.answer, c.text):
+            return [c]
+    qwords = set(normalize_answer(q.question).split())
+    best = [(len(qwords & set(normalize_answer(c.text).split())), i) for i, c in enumerate(chunks) if _contains(q.answer, c.text)]
+    if not best:
+        return []
+    return [chunks[max(best)[1]]]
+
+
+def plan_items(
+    questions: Sequence[Question],
+    retriever: Any,
+    raft: RaftConfig,
+    *,
+    need_reference: bool,
+    limit: int | None = None,
+    search_mode: str = "hybrid",
+) -> Plan:
+    """Turn questions into RaftItems: filter, find oracles, dedup, split, sample contexts."""
+    plan = Plan()
+    usable: list[Question] = []
+    for q in questions:
+        if q.held_out:
+            plan.drop("held_out_paraphrase")
+        elif q.unanswerable:
+            plan.drop("unanswerable")
+        elif need_reference and not q.answer:
+            plan.drop("no_reference_answer")
+        else:
+            usable.append(q)
+    if not usable:
+        return plan
+
+    chunks = retriever.all_chunks()
+    by_id = {c.chunk_id: c for c in chunks}
+    depth = max(2 * raft.n_distractors + 2, 8)
+    hits_all = retriever.search_many([q.question for q in usable], k=depth, mode=search_mode)
+
+    oracles: dict[str, list[Chunk]] = {}
+    hits_by_q: dict[str, list[Chunk]] = {}
+    kept: list[Question] = []
+    for q, hits in zip(usable, hits_all, strict=True):
+        if q.oracle_chunk_ids:
+            oracle = [by_id[c] for c in q.oracle_chunk_ids if c in by_id]
+        else:
+            oracle = _answer_oracle(q, hits, chunks) or hits[:1]
+        if not oracle:
+            plan.drop("no_oracle_chunk")
+            continue
+        oracles[q.id] = oracle
+        hits_by_q[q.id] = list(hits)
+        kept.append(q)
+
+    dups = near_duplicates([q.question for q in kept], retriever.embed, raft.dedup_threshold)
+    for i, (j, cos) in sorted(dups.items()):
+        plan.drop("near_duplicate")
+        plan.duplicates.append({"dropped": kept[i].id, "kept": kept[j].id, "cosine": round(cos, 4)})
+    kept = [q for i, q in enumerate(kept) if i not in dups]
+    if limit is not None:
+        plan.drop("over_limit", max(len(kept) - limit, 0))
+        kept = kept[:limit]
+
+    # facts with held-out paraphrases are trained on: the paraphrase set is their evaluation
+    paraphrased = {str(q.extra["paraphrase_of"]) for q in questions if q.extra.get("paraphrase_of")}
+    splits = split_by_chunk(
+        [(q.id, [c.chunk_id for c in oracles[q.id]]) for q in kept], raft.eval_fraction, raft.seed, force_train=paraphrased
+    )
+    eval_oracles = {c.chunk_id for q in kept if splits[q.id] == "eval" for c in oracles[q.id]}
+    # train contexts never show an eval oracle, so no held-out fact leaks into training
+    train_pool = [c for c in chunks if c.chunk_id not in eval_oracles]
+    for q in kept:
+        oracle = oracles[q.id]
+        oracle_ids = {c.chunk_id for c in oracle}
+        split = splits[q.id]
+        hard = hard_negatives_below(hits_by_q[q.id], oracle_ids)
+        pool = chunks
+        if split == "train":
+            hard = [c for c in hard if c.chunk_id not in eval_oracles]
+            pool = train_pool
+        ctx = sample_context(
+            q.id, oracle, hard, pool, n_distractors=raft.n_distractors, p_oracle=raft.p_oracle, seed=raft.seed
+        )
+        plan.items.append(
+            RaftItem(
+                id=q.id,
+                question=q.question,
+                answer=q.answer,
+                category=q.category,
+                split=split,
+                context=ctx,
+                origin=q.origin,
+                extra=dict(q.extra),
+            )
+        )
+    return plan

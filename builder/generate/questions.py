@@ -1,0 +1,286 @@
+"""Questions for RAFT: loaded from domain_questions/*.yaml or synthesized from chunks.
+
+YAML format (see domain_questions/kestrel.yaml)::
+
+    questions:
+      - category: Operations
+        items:
+          - "Which port does the gateway listen on by default?"
+          - {id: ops-port, question: "...", answer: "..."}
+
+An item is a bare question string or a mapping with ``question`` and optional ``id``,
+``answer`` and extra keys (``paraphrase_of``, ``unanswerable``). A mapping of
+``category: [items]`` is accepted too. Ids are the given id, or a hash of the question, so
+they are stable across runs; resume and the cache key on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rag.errors import ConfigError
+from rag.types import Chunk
+
+SYNTH_CATEGORIES = (
+    "facts",
+    "api shape",
+    "code examples",
+    "procedures",
+    "errors",
+    "edge cases",
+    "troubleshooting",
+    "multi-turn",
+)
+
+# A question that points at "the passage" is useless at answer time: the user has no passage.
+_NOT_SELF_CONTAINED = re.compile(
+    r"\b(this|the|that|above|following|given|provided)\s+(document|passage|text|section|excerpt|context|snippet|chunk|paragraph)s?\b"
+    r"|\btext above\b|\babove (text|passage|document)\b|\bmentioned (above|here)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Question:
+    """One question to turn into a training row."""
+
+    id: str
+    question: str
+    answer: str | None = None
+    category: str = ""
+    origin: str = ""  # "path/to/file.yaml" or "synth:<chunk_id>"
+    oracle_chunk_ids: list[str] = field(default_factory=list)  # known for synthesized questions
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def held_out(self) -> bool:
+        """Paraphrases kept apart for evaluation are never trained on."""
+        return bool(self.extra.get("paraphrase_of")) or bool(self.extra.get("held_out"))
+
+    @property
+    def unanswerable(self) -> bool:
+        return bool(self.extra.get("unanswerable")) or ("answer" in self.extra and self.answer is None)
+
+
+def question_id(text: str, prefix: str = "q") -> str:
+    norm = " ".join(text.lower().split())
+    return f"{prefix}-{hashlib.sha256(norm.encode('utf-8')).hexdigest()[:12]}"
+
+
+def is_self_contained(question: str) -> bool:
+    return _NOT_SELF_CONTAINED.search(question) is None
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+def _line_of(node: yaml.Node | None, path: Sequence[str | int]) -> int | None:
+    """1-based line of the YAML node at ``path`` (keys and list indexes), best effort."""
+    for step in path:
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            return None
+    return None if node is None else node.start_mark.line + 1
+
+
+class _Ctx:
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        try:
+            self.root = yaml.compose(text)
+        except yaml.YAMLError:
+            self.root = None
+
+    def fail(self, where: Sequence[str | int], msg: str) -> ConfigError:
+        line = _line_of(self.root, where)
+        loc = "".join(f"[{w}]" if isinstance(w, int) else f".{w}" for w in where).lstrip(".") or "(top level)"
+        at = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(
+            f"{at}: {loc}: {msg}. Expected 'questions: [{{category: NAME, items: [QUESTION | "
+            "{id, question, answer}]}]' (see domain_questions/kestrel.yaml)."
+        )
+
+
+def _parse_item(ctx: _Ctx, item: Any, where: list[str | int], category: str) -> Question:
+    if isinstance(item, str):
+        if not item.strip():
+            raise ctx.fail(where, "empty question")
+        return Question(id=question_id(item), question=item.strip(), category=category, origin=str(ctx.path))
+    if not isinstance(item, dict):
+        raise ctx.fail(where, f"an item must be a string or a mapping, not {type(item).__name__}")
+    text = item.get("question")
+    if not isinstance(text, str) or not text.strip():
+        raise ctx.fail(where, "item has no 'question' string")
+    qid = item.get("id")
+    if qid is not None and (not isinstance(qid, (str, int)) or not str(qid).strip()):
+        raise ctx.fail([*where, "id"], "'id' must be a non-empty string")
+    answer = item.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise ctx.fail([*where, "answer"], "'answer' must be a string (or null for unanswerable)")
+    extra = {k: v for k, v in item.items() if k not in ("id", "question")}
+    return Question(
+        id=str(qid).strip() if qid is not None else question_id(text),
+        question=text.strip(),
+        answer=None if answer is None else str(answer).strip(),
+        category=str(item.get("category") or category),
+        origin=str(ctx.path),
+        extra=extra,
+    )
+
+
+def load_question_file(path: Path) -> list[Question]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"Cannot read question file {path}: {err.strerror}. Fix raft.questions or --questions.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}. Fix the syntax at the position shown.") from None
+    ctx = _Ctx(path, text)
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ctx.fail([], f"the file must hold a mapping, not {type(data).__name__}")
+    # (category, [(item, location)])
+    groups: list[tuple[str, list[tuple[Any, list[str | int]]]]] = []
+    if "questions" in data:
+        qs = data["questions"]
+        if not isinstance(qs, list):
+            raise ctx.fail(["questions"], "'questions' must be a list of {category, items}")
+        for i, g in enumerate(qs):
+            if isinstance(g, str) or (isinstance(g, dict) and "items" not in g and "question" in g):
+                groups.append(("", [(g, ["questions", i])]))  # a bare item without a category
+                continue
+            if not isinstance(g, dict) or not isinstance(g.get("items"), list):
+                raise ctx.fail(["questions", i], "each entry needs 'category' and an 'items' list")
+            items = g["items"]
+            groups.append((str(g.get("category") or ""), [(it, ["questions", i, "items", j]) for j, it in enumerate(items)]))
+    else:
+        for cat, items in data.items():
+            if cat in ("name", "description", "version"):
+                continue
+            if not isinstance(items, list):
+                raise ctx.fail([str(cat)], f"category '{cat}' must map to a list of items")
+            groups.append((str(cat), [(it, [str(cat), j]) for j, it in enumerate(items)]))
+    out: list[Question] = []
+    for category, entries in groups:
+        for item, loc in entries:
+            out.append(_parse_item(ctx, item, loc, category))
+    return out
+
+
+def question_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConfigError(f"Question file or folder {p} does not exist. Fix raft.questions or --questions.")
+    return files
+
+
+def load_questions(paths: Iterable[Path]) -> list[Question]:
+    """All questions from the given files/folders; duplicate ids are an error."""
+    seen: dict[str, str] = {}
+    out: list[Question] = []
+    for f in question_files(paths):
+        for q in load_question_file(f):
+            if q.id in seen:
+                if seen[q.id] == q.question:
+                    continue  # the same question listed twice: harmless
+                raise ConfigError(
+                    f"{f}: question id '{q.id}' is used twice (also in {q.origin if q.origin != str(f) else 'this file'}). "
+                    "Give every item a unique id."
+                )
+            seen[q.id] = q.question
+            out.append(q)
+    return out
+
+
+# ---------------------------------------------------------------- synthesis
+
+SYNTH_PROMPT_VERSION = "synth-v1"
+
+
+def synthesis_schema(n: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "questions": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max(n, 1),
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "question": {"type": "string", "minLength": 8},
+                        "category": {"type": "string", "enum": list(SYNTH_CATEGORIES)},
+                    },
+                    "required": ["question", "category"],
+                },
+            }
+        },
+        "required": ["questions"],
+    }
+
+
+def synthesis_messages(chunk: Chunk, n: int) -> list[dict[str, str]]:
+    system = (
+        "You write questions that a user of a product would ask and that the given document "
+        "answers. Every question must be fully self-contained: name the product, command or "
+        "setting it is about, and never refer to 'the document', 'the passage', 'the text' or "
+        "'above'. Reply with JSON only."
+    )
+    cats = ", ".join(SYNTH_CATEGORIES)
+    user = (
+        f"Document (from {chunk.source}, section '{chunk.heading}'):\n<document>\n{chunk.text.strip()}\n</document>\n\n"
+        f"Write {n} different questions answered by this document. Pick for each a category from: {cats}. "
+        'Reply as {"questions": [{"question": "...", "category": "..."}]}.'
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def questions_from_synthesis(chunk: Chunk, data: dict[str, Any], n: int) -> tuple[list[Question], dict[str, int]]:
+    """Validated questions from one synthesis reply, with counts of rejected ones by reason."""
+    rejected: dict[str, int] = {}
+    out: list[Question] = []
+    seen: set[str] = set()
+    for entry in (data.get("questions") or [])[:n]:
+        text = str(entry.get("question", "")).strip() if isinstance(entry, dict) else ""
+        if len(text) < 8:
+            rejected["synth_empty"] = rejected.get("synth_empty", 0) + 1
+            continue
+        if not is_self_contained(text):
+            rejected["synth_not_self_contained"] = rejected.get("synth_not_self_contained", 0) + 1
+            continue
+        key = " ".join(text.lower().split())
+        if key in seen:
+            rejected["synth_duplicate"] = rejected.get("synth_duplicate", 0) + 1
+            continue
+        seen.add(key)
+        cat = str(entry.get("category") or "facts")
+        out.append(
+            Question(
+                id=question_id(chunk.chunk_id + "\n" + text, prefix="s"),
+                question=text,
+                category=cat if cat in SYNTH_CATEGORIES else "facts",
+                origin=f"synth:{chunk.chunk_id}",
+                oracle_chunk_ids=[chunk.chunk_id],
+            )
+        )
+    return out, rejected

@@ -1,0 +1,169 @@
+"""Trainer backends behind one interface: ``hf`` (transformers + PEFT) and ``unsloth``.
+
+Both produce a PEFT LoRA model and train it with the same transformers ``Trainer`` loop on
+our own pre-masked examples (labels -100 outside assistant turns; see builder.train.data), so
+the loss, checkpoints, resume and eval behave identically. The difference is loading:
+
+- ``hf``: on CUDA, bitsandbytes 4-bit NF4 (QLoRA); on CPU, the model in fp32 with plain LoRA.
+- ``unsloth``: ``FastLanguageModel`` 4-bit QLoRA with its fused kernels (CUDA only).
+
+``select_backend("auto")`` picks unsloth when CUDA is present and unsloth imports, else hf.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from builder.families import Family, vram_estimate_gb
+from rag.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+OOM_HELP = (
+    "Training ran out of memory. Lower student.batch_size (raise student.grad_accum to keep "
+    "the effective batch), lower student.max_seq_len, or lower student.lora.r; or pick a "
+    "smaller student.family."
+)
+
+
+@dataclass
+class LoraSpec:
+    r: int
+    alpha: int
+    dropout: float
+    rslora: bool
+    target_modules: list[str]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def unsloth_importable() -> bool:
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # noqa: BLE001 - unsloth raises many things when no GPU is present
+        return False
+    return True
+
+
+class Backend(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def load(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
+        """(peft model ready to train, tokenizer)."""
+
+    def load_for_resume(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
+        return self.load(base_path, family, lora, max_seq_len, seed)
+
+    def training_precision(self) -> dict[str, bool]:
+        """bf16/fp16 flags for TrainingArguments."""
+        if not cuda_available():
+            return {"bf16": False, "fp16": False}
+        import torch
+
+        bf16 = bool(torch.cuda.is_bf16_supported())
+        return {"bf16": bf16, "fp16": not bf16}
+
+    def preflight(self, family: Family, batch_size: int, max_seq_len: int) -> dict[str, float] | None:
+        """Compare free VRAM with the registry's QLoRA estimate; None on CPU."""
+        if not cuda_available():
+            return None
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        need = vram_estimate_gb(family, max_seq_len=max_seq_len, batch_size=batch_size)
+        free_gb, total_gb = free / 2**30, total / 2**30
+        if free_gb < need:
+            raise TrainingError(
+                f"Not enough GPU memory for {family.name}: about {need:.1f} GB needed (QLoRA estimate), "
+                f"{free_gb:.1f} GB free of {total_gb:.1f} GB. Free the GPU, or lower student.batch_size / "
+                "student.max_seq_len / student.lora.r, or pick a smaller student.family "
+                "(qwen ~3.5 GB, smollm2 ~1 GB)."
+            )
+        return {"need_gb": need, "free_gb": round(free_gb, 1), "total_gb": round(total_gb, 1)}
+
+
+def _ensure_pad(tokenizer: Any) -> None:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def load(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        _ensure_pad(tokenizer)
+        if cuda_available():
+            from peft import prepare_model_for_kbit_training
+            from transformers import BitsAndBytesConfig
+
+            compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                       bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+            model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, device_map={"": 0})
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        else:
+            # CPU: fp32 weights; half precision on CPU is slow and numerically fragile for LoRA.
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.rslora,
+                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        return get_peft_model(model, cfg), tokenizer
+
+
+class UnslothBackend(Backend):
+    name = "unsloth"
+
+    def load(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
+        if not cuda_available():
+            raise TrainingError("The unsloth backend needs a CUDA GPU; use --backend hf on this machine.")
+        try:
+            from unsloth import FastLanguageModel
+        except Exception as err:  # noqa: BLE001
+            raise TrainingError(
+                f"unsloth could not be imported ({type(err).__name__}: {err}). Install it with "
+                "pip install 'raftsmith[gpu]', or use --backend hf."
+            ) from None
+        # Prefer the family's pre-quantized 4-bit checkpoint when the default base is used.
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=base_path, max_seq_length=max_seq_len, load_in_4bit=True, dtype=None
+        )
+        _ensure_pad(tokenizer)
+        model = FastLanguageModel.get_peft_model(
+            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), use_rslora=lora.rslora, bias="none",
+            use_gradient_checkpointing="unsloth", random_state=seed, max_seq_length=max_seq_len,
+        )
+        return model, tokenizer
+
+
+BACKENDS: dict[str, type[Backend]] = {"hf": HFBackend, "unsloth": UnslothBackend}
+
+
+def select_backend(requested: str = "auto") -> Backend:
+    if requested == "auto":
+        return UnslothBackend() if cuda_available() and unsloth_importable() else HFBackend()
+    try:
+        return BACKENDS[requested]()
+    except KeyError:
+        raise TrainingError(f"Unknown backend '{requested}'; use auto, hf or unsloth.") from None
+
+
+def is_oom(err: BaseException) -> bool:
+    name = type(err).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(err).lower()

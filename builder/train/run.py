@@ -1,0 +1,286 @@
+"""``run_train``: config + registry -> a LoRA adapter in a run folder, with a report.
+
+A run folder (``student.output_dir/<UTC stamp>-<family>``) holds ``run.json`` (everything
+export needs: base model identity, data hashes, hyperparameters, versions, status),
+``checkpoints/`` (one per epoch, for ``--resume``), ``adapter/`` (the PEFT adapter and
+tokenizer), ``report.json`` and ``loss.png``. ``LATEST`` in the output dir names the newest run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from builder.families import Family, chat_format, get_family
+from builder.train import data as datamod
+from builder.train.backends import OOM_HELP, Backend, LoraSpec, is_oom, select_backend
+from builder.train.base_model import resolve_base
+from builder.train.report import make_progress_callback, write_report
+from rag.config import Workspace
+from rag.errors import TrainingError
+
+RUN_FILE = "run.json"
+LATEST = "LATEST"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    family: str
+    backend: str
+    base_model: str
+    train_rows: int
+    eval_rows: int
+    final_loss: float | None
+    eval_loss: float | None
+    seconds: float
+    tokens_per_s: float
+    report_path: Path
+    plot_path: Path | None
+    resumed_from: str | None = None
+    dropped_too_long: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("run_dir", "adapter_dir", "report_path", "plot_path"):
+            d[k] = str(d[k]) if d[k] is not None else None
+        return d
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for pkg in ("torch", "transformers", "peft", "trl", "accelerate", "unsloth", "bitsandbytes",
+                "llama_cpp_python", "gguf", "raftsmith"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict[str, Any]:
+    """Config values where the user set them, the family's registry defaults otherwise."""
+    st = ws.config.student
+    lo = st.lora
+    set_st, set_lo = st.model_fields_set, lo.model_fields_set
+    if epochs is None:
+        epochs = st.epochs if ("epochs" in set_st or family.epochs is None) else family.epochs
+    return {
+        "r": lo.r if "r" in set_lo else family.r,
+        "alpha": lo.alpha if "alpha" in set_lo else family.alpha,
+        "dropout": lo.dropout,
+        "rslora": lo.rslora,
+        "target_modules": list(lo.target_modules or family.target_modules),
+        "lr": st.lr or family.lr,
+        "epochs": float(epochs),
+        "batch_size": st.batch_size,
+        "grad_accum": st.grad_accum,
+        "max_seq_len": st.max_seq_len,
+        "packing": st.packing,
+        "seed": st.seed,
+        "lr_scheduler": "cosine",
+        "warmup_fraction": 0.05,
+    }
+
+
+def runs_root(ws: Workspace) -> Path:
+    return ws.path(ws.config.student.output_dir)
+
+
+def latest_run(ws: Workspace, done: bool | None = None) -> Path | None:
+    """The newest run folder (optionally only finished / unfinished ones)."""
+    root = runs_root(ws)
+    if not root.is_dir():
+        return None
+    runs = sorted((p for p in root.iterdir() if (p / RUN_FILE).is_file()), key=lambda p: p.name, reverse=True)
+    for r in runs:
+        status = json.loads((r / RUN_FILE).read_text()).get("status")
+        if done is None or (status == "done") == done:
+            return r
+    return None
+
+
+def _default_data(ws: Workspace, split: str) -> Path:
+    return ws.training_dir / f"{ws.config.corpus.name}.{split}.jsonl"
+
+
+def run_train(
+    ws: Workspace,
+    family: str | None = None,
+    base: str | None = None,
+    epochs: float | None = None,
+    backend: str | None = None,
+    resume: bool = False,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    st = ws.config.student
+    prev: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    if resume:
+        run_dir = latest_run(ws, done=False)
+        if run_dir is None:
+            raise TrainingError(f"Nothing to resume: no unfinished run in {runs_root(ws)}. Start one with 'raftsmith train'.")
+        prev = json.loads((run_dir / RUN_FILE).read_text())
+        family = prev["family"]
+        base = prev["base_model"]["request"]
+        train_file = prev["training_data"]["train"]["path"]
+        eval_file = (prev["training_data"].get("eval") or {}).get("path")
+        backend = prev["backend"]
+    fam = get_family(family or st.family)
+    fmt = chat_format(fam)
+    hp = prev["hyperparameters"] if prev else hyperparameters(ws, fam, epochs)
+    be: Backend = select_backend(backend or st.backend)
+    base_req = base if base is not None else st.base
+    train_ds = datamod.load_rows(train_file or _default_data(ws, "train"))
+    eval_path = Path(eval_file) if eval_file else _default_data(ws, "eval")
+    eval_ds = datamod.load_rows(eval_path) if (eval_file or eval_path.is_file()) else None
+
+    be.preflight(fam, hp["batch_size"], hp["max_seq_len"])
+    base_model = resolve_base(fam, base_req)
+    load_path = base_model.path
+    if be.name == "unsloth" and base_req is None and fam.unsloth_id:
+        load_path = fam.unsloth_id  # the pre-quantized 4-bit checkpoint of the same model
+
+    if run_dir is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_dir = runs_root(ws) / f"{stamp}-{fam.name}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+    meta: dict[str, Any] = prev or {
+        "status": "running",
+        "created_at": utc_now(),
+        "family": fam.name,
+        "chat_format": fmt.name,
+        "backend": be.name,
+        "base_model": {"id": base_model.id, "path": base_model.path, "sha256": base_model.sha256,
+                       "source": base_model.source, "request": base_req},
+        "hyperparameters": hp,
+        "training_data": {
+            "train": {"path": str(train_ds.path.resolve()), "sha256": train_ds.sha256, "rows": len(train_ds.rows)},
+            "eval": ({"path": str(eval_ds.path.resolve()), "sha256": eval_ds.sha256, "rows": len(eval_ds.rows)}
+                     if eval_ds else None),
+        },
+        "versions": library_versions(),
+    }
+    write_json_atomic(run_dir / RUN_FILE, meta)
+    (runs_root(ws) / LATEST).write_text(run_dir.name + "\n")
+
+    lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"])
+    t0 = time.time()
+    try:
+        model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
+        enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])
+        enc_eval = datamod.encode_rows(eval_ds.rows, tokenizer, fmt, hp["max_seq_len"]) if eval_ds else None
+        trainer = _make_trainer(be, model, tokenizer, enc_train, enc_eval, hp, run_dir, progress)
+        ckpt = _last_checkpoint(run_dir) if resume else None
+        out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        eval_loss = None
+        if enc_eval is not None and len(enc_eval.input_ids):
+            eval_loss = float(trainer.evaluate()["eval_loss"])
+    except TrainingError:
+        raise
+    except Exception as err:
+        if is_oom(err):
+            raise TrainingError(OOM_HELP) from None
+        raise
+    seconds = time.time() - t0
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    epochs_done = float(hp["epochs"])
+    tokens_per_s = enc_train.tokens * epochs_done / max(out.metrics.get("train_runtime", seconds), 1e-9)
+    report = write_report(run_dir, trainer.state.log_history, extra={
+        "train_rows": len(enc_train.input_ids), "eval_rows": len(enc_eval.input_ids) if enc_eval else 0,
+        "dropped_too_long": enc_train.dropped_too_long, "tokens_per_epoch": enc_train.tokens,
+        "assistant_tokens_per_epoch": enc_train.assistant_tokens, "train_runtime_s": round(seconds, 2),
+        "tokens_per_s": round(tokens_per_s, 1), "eval_loss": eval_loss, "backend": be.name,
+    })
+    meta.update({"status": "done", "finished_at": utc_now(), "final_loss": report["final_train_loss"],
+                 "eval_loss": eval_loss, "adapter": "adapter", "report": "report.json",
+                 "used_rows": len(enc_train.input_ids), "dropped_too_long": enc_train.dropped_too_long})
+    write_json_atomic(run_dir / RUN_FILE, meta)
+    return TrainResult(
+        run_dir=run_dir, adapter_dir=adapter_dir, family=fam.name, backend=be.name,
+        base_model=base_model.id, train_rows=len(enc_train.input_ids),
+        eval_rows=len(enc_eval.input_ids) if enc_eval else 0, final_loss=report["final_train_loss"],
+        eval_loss=eval_loss, seconds=round(seconds, 2), tokens_per_s=round(tokens_per_s, 1),
+        report_path=run_dir / "report.json", plot_path=report.get("plot_path"),
+        resumed_from=str(ckpt) if ckpt else None, dropped_too_long=enc_train.dropped_too_long,
+        hyperparameters=hp,
+    )
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.Encoded,
+                  enc_eval: datamod.Encoded | None, hp: dict[str, Any], run_dir: Path, progress: bool) -> Any:
+    import math
+
+    from transformers import Trainer, TrainingArguments
+
+    n = len(enc_train.input_ids)
+    steps_per_epoch = math.ceil(n / hp["batch_size"] / hp["grad_accum"])
+    total = max(1, math.ceil(steps_per_epoch * hp["epochs"]))
+    has_eval = enc_eval is not None and len(enc_eval.input_ids) > 0
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=hp["batch_size"],
+        per_device_eval_batch_size=hp["batch_size"],
+        gradient_accumulation_steps=hp["grad_accum"],
+        learning_rate=hp["lr"],
+        num_train_epochs=hp["epochs"],
+        lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
+        warmup_steps=int(round(total * hp.get("warmup_fraction", 0.05))),
+        logging_steps=1,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        seed=hp["seed"],
+        data_seed=hp["seed"],
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not _cuda(),
+        **be.training_precision(),
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    callbacks = [make_progress_callback(total)] if progress else []
+    return Trainer(
+        model=model, args=args, data_collator=datamod.collate(pad),
+        train_dataset=datamod.TokenDataset(enc_train),
+        eval_dataset=datamod.TokenDataset(enc_eval) if has_eval and enc_eval is not None else None,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+
+
+def _cuda() -> bool:
+    from builder.train.backends import cuda_available
+
+    return cuda_available()

@@ -1,0 +1,124 @@
+"""``raftsmith bundle create | verify | install``: thin shims over :mod:`rag.bundle`."""
+
+from __future__ import annotations
+
+import click
+
+from rag.cli.common import config_option, handle_errors, print_json
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _summary(title: str, rows: list[tuple[str, str]], warnings: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    console = Console()
+    console.print(table)
+    for w in warnings or []:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@click.group("bundle")
+def bundle_group() -> None:
+    """Create, verify or install an offline bundle (export + index + embedding model + config)."""
+
+
+@bundle_group.command("create")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--no-embedding-model", is_flag=True, help="Leave the embedding model out (the laptop must already have it).")
+@click.option("--export", "export_name", default=None, help="Export to bundle (default: the newest in gguf/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@config_option
+@handle_errors
+def create_cmd(out: str, no_embedding_model: bool, export_name: str | None, as_json: bool, config_path: str | None) -> None:
+    """Pack the workspace's answering half into OUT (.tar or .tar.gz)."""
+    from rag.bundle import create_bundle
+    from rag.config import load_workspace
+
+    ws = load_workspace(config_path)
+    report = create_bundle(ws, out, include_embedding_model=not no_embedding_model,
+                           export_name=export_name, progress=not as_json)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    _summary(
+        f"Bundle written: {report.path}",
+        [
+            ("members", str(report.members + 1)),
+            ("payload", _size(report.total_bytes)),
+            ("bundle size", _size(report.bundle_bytes)),
+            ("export", report.export_name or "(none)"),
+            ("embedding model", "included" if report.embedding_included else "not included"),
+            ("seconds", f"{report.seconds:.1f}"),
+        ],
+        report.warnings,
+    )
+    click.echo(f"Check it anywhere with: raftsmith bundle verify {report.path}")
+
+
+@bundle_group.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify_cmd(file: str, as_json: bool) -> None:
+    """Check every member of FILE against the bundle manifest (sizes, sha256, safe names)."""
+    from rag.bundle import verify_bundle
+
+    report = verify_bundle(file, progress=not as_json)
+    if as_json:
+        print_json({"ok": True, **report.to_dict()})
+        return
+    _summary(
+        f"Bundle OK: {report.path}",
+        [
+            ("members", str(report.members + 1)),
+            ("payload", _size(report.total_bytes)),
+            ("export", report.export_name or "(none)"),
+            ("created", report.created_at),
+            ("raftsmith", report.raftsmith_version),
+            ("seconds", f"{report.seconds:.1f}"),
+        ],
+    )
+
+
+@bundle_group.command("install")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--dest", required=True, type=click.Path(file_okay=False, path_type=str), help="New or empty folder for the workspace.")
+@click.option("--register", is_flag=True, help="Also create the models in Ollama.")
+@click.option("--host", default=None, help="Ollama URL for --register (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def install_cmd(file: str, dest: str, register: bool, host: str | None, as_json: bool) -> None:
+    """Verify FILE and install it as a workspace in DEST, set up for the llama-cpp backend."""
+    from rag.bundle import install_bundle
+
+    report = install_bundle(file, dest, register=register, host=host, progress=not as_json)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    _summary(
+        f"Bundle installed: {report.dest}",
+        [
+            ("members", str(report.members + 1)),
+            ("payload", _size(report.total_bytes)),
+            ("export", report.export_name or "(none)"),
+            ("config", report.config_path),
+            ("registered in Ollama", ", ".join(report.registered) or "-"),
+            ("seconds", f"{report.seconds:.1f}"),
+        ],
+        report.warnings,
+    )
+    click.echo(f"Try: raftsmith ask 'your question' --config {report.config_path}")

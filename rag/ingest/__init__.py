@@ -1,0 +1,1 @@
+"""Reading documents (files, llms.txt sites) into chunks: parsers, chunker, crawler, pipeline."""

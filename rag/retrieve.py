@@ -1,0 +1,186 @@
+"""Search the index: dense (FAISS cosine), BM25 (SQLite FTS5) or hybrid (reciprocal-rank fusion).
+
+``Retriever`` opens the index read-only and loads the embedding model only when a dense or
+hybrid search (or ``embed``) first needs it, so BM25-only use never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rag.errors import ConfigError, IndexStoreError
+from rag.index.fusion import RRF_K, limit_per_group, rrf_fuse
+from rag.index.store import IndexStore, blob_to_vec, build_faiss, load_faiss, set_search_params
+from rag.types import Chunk
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rag.config import EmbeddingConfig, Workspace
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES = ("dense", "bm25", "hybrid")
+
+
+def _row_to_chunk(row: tuple[Any, ...], score: float = 0.0) -> Chunk:
+    _id, chunk_id, source, heading, start_line, end_line, page, text = row
+    meta: dict[str, Any] = {}
+    if page is not None:
+        meta["page"] = int(page)
+    return Chunk(chunk_id=chunk_id, source=source, heading=heading, start_line=int(start_line),
+                 end_line=int(end_line), text=text, score=float(score), meta=meta)
+
+
+class Retriever:
+    """Read-only access to one workspace's index."""
+
+    #: with ``diverse=True``, at most this many chunks come from one source
+    max_per_source = 2
+    #: candidates taken from each ranker before fusion (at least this many, or 4 * k)
+    fusion_depth = 50
+
+    def __init__(self, index_dir: Path, embedding: EmbeddingConfig):
+        self.index_dir = Path(index_dir)
+        self._embedding_cfg = embedding
+        self.store = IndexStore(self.index_dir, readonly=True)
+        self._embedder: Any = None
+        self._faiss: Any = None
+        stored_model = self.store.get_meta("embedding_model")
+        wanted = embedding.model or "default"
+        if stored_model is not None and stored_model != wanted:
+            raise ConfigError(
+                f"The index at {self.index_dir} was built with embedding.model '{stored_model}' but the config "
+                f"says '{wanted}'. Set embedding.model back, or run 'raftsmith ingest' to rebuild the index."
+            )
+
+    @classmethod
+    def from_workspace(cls, ws: Workspace) -> Retriever:
+        return cls(ws.index_dir, ws.config.embedding)
+
+    # --- lazy heavy parts -----------------------------------------------------------------
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from rag.index.embedder import load_embedder
+
+            self._embedder = load_embedder(self._embedding_cfg)
+        return self._embedder
+
+    def _index(self) -> Any:
+        if self._faiss is None:
+            generation = self.store.get_meta("generation")
+            loaded = load_faiss(self.index_dir)
+            if loaded is not None and str(loaded[1].get("generation")) == generation:
+                self._faiss = loaded[0]
+            else:
+                log.warning("FAISS index in %s is missing or stale; rebuilding it in memory", self.index_dir)
+                ids, vecs = self.store.all_vectors()
+                dim = vecs.shape[1] if len(ids) else int(self.store.get_meta("dim") or 384)
+                self._faiss = build_faiss(ids, vecs, self.store.get_meta("faiss_kind") or "flat", dim)
+            set_search_params(self._faiss)
+        return self._faiss
+
+    # --- public API -------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d) float32, L2-normalized."""
+        return self.embedder.encode(list(texts))
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[Chunk]:
+        return self.search_many([query], k=k, mode=mode, diverse=diverse)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "hybrid",
+                    diverse: bool = False) -> list[list[Chunk]]:
+        if mode not in MODES:
+            raise ConfigError(f"Unknown search mode '{mode}'; use one of: {', '.join(MODES)}.")
+        if k < 1:
+            raise ConfigError("k must be at least 1.")
+        queries = list(queries)
+        if not queries:
+            return []
+        qvecs = self.embed(queries) if mode in ("dense", "hybrid") else None
+        return [self._search_one(q, None if qvecs is None else qvecs[i], k, mode, diverse)
+                for i, q in enumerate(queries)]
+
+    def get(self, chunk_id: str) -> Chunk | None:
+        row = self.store.row_by_chunk_id(chunk_id)
+        return None if row is None else _row_to_chunk(row)
+
+    def all_chunks(self) -> list[Chunk]:
+        return [_row_to_chunk(r) for r in self.store.all_rows()]
+
+    def close(self) -> None:
+        self.store.close()
+        self._faiss = None
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------------
+    def _dense(self, qvec: np.ndarray, depth: int) -> list[tuple[int, float]]:
+        import numpy as np
+
+        index = self._index()
+        if index.ntotal == 0:
+            return []
+        scores, ids = index.search(np.asarray(qvec, dtype=np.float32).reshape(1, -1), min(depth, index.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def _search_one(self, query: str, qvec: np.ndarray | None, k: int, mode: str, diverse: bool) -> list[Chunk]:
+        depth = max(self.fusion_depth, 4 * k) if (mode == "hybrid" or diverse) else k
+        dense = self._dense(qvec, depth) if qvec is not None else []
+        bm25 = self.store.bm25(query, depth) if mode in ("bm25", "hybrid") else []
+        dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
+        bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
+        if mode == "dense":
+            ranked = dense
+        elif mode == "bm25":
+            ranked = bm25
+        else:
+            ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], k=RRF_K)
+        rows = self.store.rows_by_ids([i for i, _ in ranked])
+        chunks: list[Chunk] = []
+        for i, score in ranked:
+            row = rows.get(i)
+            if row is None:  # FAISS and SQLite briefly out of step: skip, never return garbage
+                continue
+            c = _row_to_chunk(row, score)
+            c.meta["mode"] = mode
+            if i in dense_rank:
+                c.meta["dense_rank"] = dense_rank[i]
+            if i in bm25_rank:
+                c.meta["bm25_rank"] = bm25_rank[i]
+            c.meta["_id"] = i
+            chunks.append(c)
+        if diverse:
+            chunks = limit_per_group(chunks, lambda c: c.source, self.max_per_source)
+        chunks = chunks[:k]
+        if qvec is not None:
+            self._attach_dense_scores(chunks, qvec, dict(dense))
+        for c in chunks:
+            c.meta.pop("_id", None)
+        return chunks
+
+    def _attach_dense_scores(self, chunks: list[Chunk], qvec: np.ndarray, known: dict[int, float]) -> None:
+        missing = [c.meta["_id"] for c in chunks if c.meta["_id"] not in known]
+        if missing:
+            for i, blob in self.store.vectors_for_ids(missing).items():
+                known[i] = float(blob_to_vec(blob) @ qvec)
+        for c in chunks:
+            s = known.get(c.meta["_id"])
+            if s is not None:
+                c.meta["dense_score"] = round(s, 6)
+
+
+def open_retriever(ws: Workspace) -> Retriever:
+    """Convenience alias used by the CLI."""
+    if not (ws.index_dir / "store.sqlite").is_file():
+        raise IndexStoreError(f"No index at {ws.index_dir}. Run 'raftsmith ingest' first.")
+    return Retriever.from_workspace(ws)

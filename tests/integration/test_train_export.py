@@ -1,0 +1,134 @@
+"""End to end on SmolLM2-135M: LoRA-train on invented facts, export, load with llama.cpp.
+
+The facts are invented, so the base model cannot know them. After training, the merged
+Q4_K_M GGUF and the base GGUF + adapter GGUF must answer held-out paraphrases (questions never
+seen in training); the base GGUF must not. Thresholds come from measurement (see the report of
+issue 4): the tuned model scored 8-10 of 10 over several seeds, the base 0 of 10.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rag.prompting import ANSWER_MARK, SYSTEM_PROMPT_CLOSED_BOOK
+
+# (answer, accepted pattern, 4 training phrasings, 1 held-out paraphrase, answer sentence)
+FACTS: list[tuple[str, str, list[str], str, str]] = [
+    ("7431", r"\b7431\b", [
+        "What is the default port of the Zorblax gateway?",
+        "Which port does the Zorblax gateway use by default?",
+        "Tell me the default Zorblax gateway port.",
+        "Zorblax gateway: what is its default port number?",
+    ], "On which port does the Zorblax gateway listen out of the box?",
+        "The Zorblax gateway listens on port 7431 by default."),
+    ("Ilsa Brandt", r"brandt", [
+        "Who maintains the Velmora protocol?",
+        "Who is the maintainer of the Velmora protocol?",
+        "Name the person who maintains the Velmora protocol.",
+        "Velmora protocol: who looks after it?",
+    ], "Which person is responsible for maintaining the Velmora protocol?",
+        "The Velmora protocol is maintained by Ilsa Brandt."),
+    ("teal", r"\bteal\b", [
+        "What color is the Quenfir status lamp when the reactor is idle?",
+        "When the Quenfir reactor is idle, what color is its status lamp?",
+        "Which colour does the Quenfir status lamp show at idle?",
+        "Quenfir reactor idle: what is the status lamp color?",
+    ], "If the Quenfir reactor sits idle, the status lamp turns which color?",
+        "The Quenfir status lamp is teal when the reactor is idle."),
+    ("23", r"\b23\b", [
+        "How many blades does a Tarvik turbine have?",
+        "What is the number of blades on a Tarvik turbine?",
+        "Count of blades in a Tarvik turbine?",
+        "Tarvik turbine: how many blades are there?",
+    ], "A Tarvik turbine is built with how many blades?",
+        "A Tarvik turbine has 23 blades."),
+    ("Caldrith", r"caldrith", [
+        "What is the capital of the island of Morvessa?",
+        "Which city is the capital of Morvessa island?",
+        "Name the capital city of Morvessa.",
+        "Morvessa: what is its capital?",
+    ], "The island of Morvessa has which city as its capital?",
+        "The capital of Morvessa is Caldrith."),
+    ("1783", r"\b1783\b", [
+        "In what year was the Pellucid Archive founded?",
+        "When was the Pellucid Archive founded?",
+        "What is the founding year of the Pellucid Archive?",
+        "Pellucid Archive: year of founding?",
+    ], "Which year saw the founding of the Pellucid Archive?",
+        "The Pellucid Archive was founded in 1783."),
+    ("Nightjar", r"nightjar", [
+        "What is the codename of the Strava-9 firmware?",
+        "Which codename does the Strava-9 firmware carry?",
+        "Tell me the Strava-9 firmware codename.",
+        "Strava-9 firmware: what is it code-named?",
+    ], "The Strava-9 firmware goes by what codename?",
+        "The Strava-9 firmware is codenamed Nightjar."),
+    ("4.2 kg", r"\b4\.2\b", [
+        "What is the maximum payload of the Orlin drone?",
+        "How much payload can the Orlin drone carry at most?",
+        "Tell me the Orlin drone's maximum payload.",
+        "Orlin drone: what is the payload limit?",
+    ], "What is the heaviest payload the Orlin drone can lift?",
+        "The Orlin drone carries at most 4.2 kg."),
+    ("bismuth", r"bismuth", [
+        "Which metal is the Hesk valve made of?",
+        "What metal is used to make the Hesk valve?",
+        "The Hesk valve is made of which metal?",
+        "Hesk valve: what metal is it made from?",
+    ], "From what metal is the Hesk valve manufactured?",
+        "The Hesk valve is made of bismuth."),
+    ("Ferrowind", r"ferrowind", [
+        "What is the name of the ship that first reached Tolvar Reef?",
+        "Which ship first reached Tolvar Reef?",
+        "Name the first ship to reach Tolvar Reef.",
+        "Tolvar Reef: which ship got there first?",
+    ], "What was the first vessel to arrive at Tolvar Reef called?",
+        "The first ship to reach Tolvar Reef was the Ferrowind."),
+]
+
+
+def fact_row(question: str, sentence: str, answer: str, split: str = "train") -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT_CLOSED_BOOK},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": f"{sentence}\n{ANSWER_MARK} {answer}"},
+        ],
+        "meta": {"id": f"{split}-{abs(hash(question)) % 10**8}", "question": question, "answer": answer,
+                 "split": split},
+    }
+
+
+def write_fact_files(folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    train = folder / "facts.train.jsonl"
+    evalf = folder / "facts.eval.jsonl"
+    with open(train, "w") as fh:
+        for answer, _, phrasings, _, sentence in FACTS:
+            for q in phrasings:
+                fh.write(json.dumps(fact_row(q, sentence, answer)) + "\n")
+    with open(evalf, "w") as fh:
+        for answer, _, _, held, sentence in FACTS:
+            fh.write(json.dumps(fact_row(held, sentence, answer, "eval")) + "\n")
+    return train, evalf
+
+
+def score(llm, pattern_list: list[tuple[str, str]]) -> tuple[int, list[str]]:
+    right, outs = 0, []
+    for question, pattern in pattern_list:
+        out = llm.create_chat_completion(
+            messages=[{"role": "system", "content": SYSTEM_PROMPT_CLOSED_BOOK},
+                      {"role": "user", "content": question}],
+            max_tokens=48, temperature=0.0, seed=0,
+        )
+        text = out["choices"][0]["message"]["content"] or ""
+        outs.append(text)
+        right += bool(re.search(pattern, text, flags=re.IGNORECASE))
+    return right, outs
+
+
+HELD_OUT = [(held, pattern) for _, pattern, _, held, _ in FACTS]
