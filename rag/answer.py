@@ -24,7 +24,7 @@ from rag.config import Workspace
 from rag.errors import BackendError, ConfigError, RaftsmithError
 from rag.llm.base import ChatBackend, Message
 from rag.models import ModelRef, resolve_model
-from rag.prompting import build_messages, cited_numbers, extract_answer, extract_quotes
+from rag.prompting import ANSWER_MARK, build_messages, cited_numbers, extract_answer, extract_quotes
 from rag.types import Chunk
 
 NO_CONTEXT = ("I don't know: nothing in the indexed documents is relevant to this question, so I will not guess. "
@@ -76,7 +76,8 @@ def split_relevant(chunks: Sequence[Chunk], min_score: float) -> tuple[list[Chun
 
     Chunks without a cosine (BM25-only search) are kept: keyword hits are evidence too.
     """
-    kept, below = [], []
+    kept: list[Chunk] = []
+    below: list[Chunk] = []
     for c in chunks:
         s = dense_score(c)
         (below if s is not None and s < min_score else kept).append(c)
@@ -131,12 +132,17 @@ def _quote_span(chunk: Chunk, quote: str) -> tuple[int, int] | None:
 
 def _contains(chunk: Chunk, quote: str) -> bool:
     q = " ".join(_words(quote))
-    return bool(q) and q in " ".join(_words(chunk.text))
+    return bool(q) and f" {q} " in f" {' '.join(_words(chunk.text))} "  # whole words only
 
 
 def map_citations(raw: str, chunks: Sequence[Chunk]) -> list[Chunk]:
     """Chunks the reply cites: [n] numbers first (n = document number in the prompt), then any
-    chunk containing a quoted passage. Each is a copy with meta citation/quote/quote_lines."""
+    chunk containing a quoted passage. Each is a copy with meta citation/quote/quote_lines.
+
+    When the reply has neither, the best-ranked chunk containing the short final answer (after
+    the <ANSWER>: mark, at least 3 characters) is the citation ("cited_by": "answer"): small
+    tuned models often answer correctly without the [n] convention, and the user still needs
+    to see where the answer stands. Nothing is cited when no chunk contains it."""
     out: dict[str, Chunk] = {}
     quotes = extract_quotes(raw)
     for n in cited_numbers(raw):
@@ -156,6 +162,16 @@ def map_citations(raw: str, chunks: Sequence[Chunk]) -> list[Chunk]:
                     cited.meta["quote_lines"] = list(span)
             out[c.chunk_id] = cited
             break
+    final = extract_answer(raw) if ANSWER_MARK in raw else ""
+    if not out and len(" ".join(_words(final))) >= 3:
+        for i, c in enumerate(chunks, start=1):
+            if _contains(c, final):
+                cited = replace(c, meta={**c.meta, "citation": i, "cited_by": "answer", "quote": final})
+                span = _quote_span(c, final)
+                if span:
+                    cited.meta["quote_lines"] = list(span)
+                out[c.chunk_id] = cited
+                break
     return list(out.values())
 
 

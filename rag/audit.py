@@ -62,27 +62,17 @@ def load_hmac_key(name: str | None) -> bytes | None:
     """The HMAC key named in audit.hmac_key_name, from the OS keyring (None when unset)."""
     if not name:
         return None
-    secret: str | None
+    from rag.errors import KeyringUnavailable
+    from rag.secrets import get_key
+
     try:
-        from rag import secrets as rag_secrets  # the keyring wrapper of the generate side
-
-        getter = getattr(rag_secrets, "get_key", None) or getattr(rag_secrets, "get_secret", None)
-        secret = getter(name) if getter else None
-    except ImportError:
-        secret = None
-    except Exception:  # noqa: BLE001 - a missing key is reported below, with the fix
-        secret = None
-    if secret is None:
-        try:
-            import keyring
-
-            secret = keyring.get_password("raftsmith", name)
-        except Exception:  # noqa: BLE001 - any keyring backend failure
-            secret = None
+        secret = get_key(name, env_var="RAFTSMITH_AUDIT_HMAC_KEY", required=False)
+    except KeyringUnavailable as err:
+        raise AuditError(f"The audit HMAC key '{name}' cannot be read ({err}); answering is refused.") from None
     if not secret:
         raise AuditError(
             f"audit.hmac_key_name is '{name}' but no such key is in the keyring; store one with "
-            f"'raftsmith keys set {name}' or remove audit.hmac_key_name from raftsmith.yaml."
+            f"'raftsmith keys set {name}' (or set RAFTSMITH_AUDIT_HMAC_KEY), or remove audit.hmac_key_name from raftsmith.yaml."
         )
     return secret.encode("utf-8")
 
@@ -250,6 +240,7 @@ class VerifyResult:
     reason: str | None = None
     mac_checked: bool = False
     head_checked: bool = False
+    mac_unchecked: bool = False  # records carry a mac but no key was given to check it
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -257,7 +248,8 @@ class VerifyResult:
     def __str__(self) -> str:
         if self.ok:
             extras = [x for x, on in (("HMAC", self.mac_checked), ("head", self.head_checked)) if on]
-            return f"{self.path}: {self.records} records, chain intact" + (f" ({', '.join(extras)} checked)" if extras else "")
+            note = " - records carry an HMAC but no key was given, so it was NOT checked" if self.mac_unchecked else ""
+            return f"{self.path}: {self.records} records, chain intact" + (f" ({', '.join(extras)} checked)" if extras else "") + note
         return f"{self.path}: line {self.bad_line} is the first bad record: {self.reason}"
 
 
@@ -306,6 +298,8 @@ def verify(path: str | os.PathLike[str], hmac_key: bytes | None = None, check_he
                 return bad(i, "no mac although an HMAC key is configured")
             if not hmac.compare_digest(rec["mac"], record_mac(rec, hmac_key)):
                 return bad(i, "mac does not match (edited without the key)")
+        if hmac_key is None and "mac" in rec:
+            res.mac_unchecked = True
         prev, seq = rec["hash"], rec["seq"]
     if check_head and lines:
         problem = head_problem(p, seq, prev, hmac_key)

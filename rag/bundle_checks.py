@@ -175,24 +175,26 @@ _ASSIGNMENT = re.compile(
 )
 _EMPTY_VALUES = {"", "null", "none", "~", "''", '""', "<redacted>", "redacted", "false"}
 SECRET_ENV_VARS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY")
-KEYRING_SERVICE = "raftsmith"
-KEYRING_NAMES = ("openrouter", "openai", "openai-compatible", "ollama", "hf", "huggingface")
 
 
 def live_secret_values(extra_key_names: list[str] | None = None) -> list[str]:
-    """Secrets this machine holds now (env vars, raftsmith's keyring entries); never logged."""
-    values = [os.environ.get(v, "") for v in SECRET_ENV_VARS]
-    names = list(KEYRING_NAMES) + [n for n in (extra_key_names or []) if n]
-    try:
-        import keyring
+    """Secrets this machine holds now (env vars, raftsmith's keyring entries); never logged.
 
-        for name in names:
-            try:
-                values.append(keyring.get_password(KEYRING_SERVICE, name) or "")
-            except Exception:  # noqa: BLE001 - a broken keyring must not block bundling
-                continue
-    except ImportError:
-        pass
+    Read through rag.secrets, whose keyring calls time out instead of hanging on a headless
+    machine; an unusable keyring is skipped (the shape checks still run).
+    """
+    from rag.errors import KeyringUnavailable
+    from rag.secrets import ENV_VARS, KNOWN_NAMES, keyring_get
+
+    env_names = set(SECRET_ENV_VARS) | {v for v in ENV_VARS.values() if v}
+    values = [os.environ.get(v, "") for v in sorted(env_names)]
+    for name in dict.fromkeys([*KNOWN_NAMES, *(n for n in (extra_key_names or []) if n)]):
+        try:
+            values.append(keyring_get(name) or "")
+        except KeyringUnavailable:
+            break  # the keyring does not answer; asking again for each name would only wait longer
+        except Exception:  # noqa: BLE001 - a broken keyring backend must not block bundling
+            continue
     # Very short values would match by accident everywhere; real keys are long.
     return sorted({v for v in values if len(v) >= 8})
 

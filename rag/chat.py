@@ -13,7 +13,6 @@ from rag.answer import Answerer, AnswerResult
 from rag.config import Workspace
 from rag.errors import AuditError, RaftsmithError
 from rag.llm.base import Message
-from rag.types import Chunk
 
 HELP = """Commands:
   /model base|tuned|NAME   switch the model (the A/B switch); /model alone shows the current one
@@ -29,7 +28,7 @@ def format_sources(res: AnswerResult) -> list[str]:
     cited = {c.chunk_id for c in res.citations}
     for c in res.citations:
         span = c.meta.get("quote_lines")
-        where = f"{c.source}:{span[0]}-{span[1]}" if span else c.location
+        where = (f"{c.source}:{span[0]}" + (f"-{span[1]}" if span[1] != span[0] else "")) if span else c.location
         lines.append(f"  [{c.meta.get('citation', '?')}] {where}" + (f"  ({c.heading})" if c.heading else ""))
     rest = [(i, c) for i, c in enumerate(res.retrieved, start=1) if c.chunk_id not in cited]
     if rest:
@@ -132,6 +131,3 @@ def _command(session: ChatSession, text: str, write: Callable[[str], None]) -> b
         write(f"unknown command {cmd}; /help lists them\n")
     return False
 
-
-def chunk_line(c: Chunk) -> str:
-    return f"{c.location}" + (f" ({c.heading})" if c.heading else "")

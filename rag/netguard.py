@@ -103,19 +103,18 @@ def _install() -> None:
             _check((host, args[0] if args else None), None)
         return _ORIG["getaddrinfo"](host, *args, **kwargs)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-    socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
-    socket.create_connection = create_connection  # type: ignore[assignment]
-    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    setattr(socket.socket, "connect", connect)  # noqa: B010 - patching on purpose
+    setattr(socket.socket, "connect_ex", connect_ex)  # noqa: B010
+    setattr(socket.socket, "sendto", sendto)  # noqa: B010
+    setattr(socket, "create_connection", create_connection)  # noqa: B010
+    setattr(socket, "getaddrinfo", getaddrinfo)  # noqa: B010
 
 
 def _uninstall() -> None:
-    socket.socket.connect = _ORIG["connect"]  # type: ignore[method-assign]
-    socket.socket.connect_ex = _ORIG["connect_ex"]  # type: ignore[method-assign]
-    socket.socket.sendto = _ORIG["sendto"]  # type: ignore[method-assign]
-    socket.create_connection = _ORIG["create_connection"]
-    socket.getaddrinfo = _ORIG["getaddrinfo"]
+    for name in ("connect", "connect_ex", "sendto"):
+        setattr(socket.socket, name, _ORIG[name])
+    for name in ("create_connection", "getaddrinfo"):
+        setattr(socket, name, _ORIG[name])
     _ORIG.clear()
 
 

@@ -274,13 +274,16 @@ def register(ws: Workspace, host: str | None = None, adapter: bool = False, repl
         ad = export.file("adapter")
         if ad is None:
             raise ConfigError(f"Export {export.dir} has no adapter GGUF; rerun 'raftsmith export' with --adapter, or register without --adapter.")
+        mf = _modelfile(export, adapter=True)
+        from_mf = mf.get("from")
+        if not base_name and from_mf and not str(from_mf).startswith((".", "/")) and not str(from_mf).endswith(".gguf"):
+            base_name = str(from_mf)  # the export's Modelfile.adapter names the base model in Ollama
         if not base_name:
             raise ConfigError("Adapter mode needs the base model in Ollama: set ollama.base_model_name (e.g. smollm2:135m, "
                               "pulled with 'ollama pull') or export with the base GGUF.")
         if base_name not in reg.present:
             raise ConfigError(f"The base model '{base_name}' is not in Ollama at {reg.host}; run 'ollama pull {base_name}' first.")
         digest, up = reg.ensure_blob(ad[0])
-        mf = _modelfile(export, adapter=True)
         req = _request(mf, from_=base_name, adapters={ad[0].name: digest})
         out.append(reg.create(tuned_name, "tuned", "adapter", req, [digest] if up else [], [digest], export))
     else:

@@ -7,6 +7,7 @@ hybrid search (or ``embed``) first needs it, so BM25-only use never imports torc
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +51,7 @@ class Retriever:
         self.store = IndexStore(self.index_dir, readonly=True)
         self._embedder: Any = None
         self._faiss: Any = None
+        self._lock = threading.RLock()  # one SQLite connection, shared by server threads
         stored_model = self.store.get_meta("embedding_model")
         wanted = embedding.model or "default"
         if stored_model is not None and stored_model != wanted:
@@ -103,19 +105,23 @@ class Retriever:
         if not queries:
             return []
         qvecs = self.embed(queries) if mode in ("dense", "hybrid") else None
-        return [self._search_one(q, None if qvecs is None else qvecs[i], k, mode, diverse)
-                for i, q in enumerate(queries)]
+        with self._lock:
+            return [self._search_one(q, None if qvecs is None else qvecs[i], k, mode, diverse)
+                    for i, q in enumerate(queries)]
 
     def get(self, chunk_id: str) -> Chunk | None:
-        row = self.store.row_by_chunk_id(chunk_id)
+        with self._lock:
+            row = self.store.row_by_chunk_id(chunk_id)
         return None if row is None else _row_to_chunk(row)
 
     def all_chunks(self) -> list[Chunk]:
-        return [_row_to_chunk(r) for r in self.store.all_rows()]
+        with self._lock:
+            return [_row_to_chunk(r) for r in self.store.all_rows()]
 
     def close(self) -> None:
-        self.store.close()
-        self._faiss = None
+        with self._lock:
+            self.store.close()
+            self._faiss = None
 
     def __enter__(self) -> Retriever:
         return self
@@ -125,18 +131,27 @@ class Retriever:
 
     # --- internals --------------------------------------------------------------------------
     def _dense(self, qvec: np.ndarray, depth: int) -> list[tuple[int, float]]:
+        import faiss
         import numpy as np
 
         index = self._index()
         if index.ntotal == 0:
             return []
-        scores, ids = index.search(np.asarray(qvec, dtype=np.float32).reshape(1, -1), min(depth, index.ntotal))
+        # One query is fastest on one thread: OpenMP workers spinning on a busy CPU made
+        # single searches 10-100x slower in measurements here (benchmarks/retrieval.py).
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = index.search(np.asarray(qvec, dtype=np.float32).reshape(1, -1), min(depth, index.ntotal))
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def _search_one(self, query: str, qvec: np.ndarray | None, k: int, mode: str, diverse: bool) -> list[Chunk]:
-        depth = max(self.fusion_depth, 4 * k) if (mode == "hybrid" or diverse) else k
+        depth = max(self.fusion_depth, 4 * k)
+        # dense always over-fetches: an HNSW index may hold tombstones of removed chunks
         dense = self._dense(qvec, depth) if qvec is not None else []
-        bm25 = self.store.bm25(query, depth) if mode in ("bm25", "hybrid") else []
+        bm25 = self.store.bm25(query, depth if (mode == "hybrid" or diverse) else k) if mode in ("bm25", "hybrid") else []
         dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
         bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
         if mode == "dense":

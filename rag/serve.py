@@ -59,7 +59,8 @@ class RagServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{name}:{port}/v1"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -117,10 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, str(err))
             return
         content = res.raw + sources_footer(res)
+        completion = self.server.engine.backend(kw["model"])[1].count_tokens(res.raw) if res.raw else 0
         self._json(200, {
             "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": res.prompt_tokens, "completion_tokens": 0, "total_tokens": res.prompt_tokens},
+            "usage": {"prompt_tokens": res.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": res.prompt_tokens + completion},
             "citations": [c.to_dict() for c in res.citations], "refused": res.refused,
         })
 

@@ -55,7 +55,7 @@ def _print_summary(s: object) -> None:
     con = Console()
     t = Table(title=f"generate: {d['corpus']} ({d['provider']}/{d['model']})", show_header=False)
     if d["dry_run"]:
-        t.add_row("planned rows", str(d["planned"]))
+        t.add_row("planned rows", f"{d['estimated_rows'] or d['planned']} ({d['planned']} from question files)")
         t.add_row("estimated tokens", f"{d['estimated_prompt_tokens']:,} in / {d['estimated_completion_tokens']:,} out")
         t.add_row("estimated cost", f"${d['estimated_cost_usd']:.4f}")
     else:

@@ -113,7 +113,7 @@ def provision(env: dict[str, str] | None = None) -> LlamaCpp:
             raise ExportError(f"LLAMA_CPP_DIR={root} lacks {', '.join(miss)}. {fixes}")
         return _describe(root, "LLAMA_CPP_DIR", version)
     target = cache_dir() / f"llama.cpp-{version}"
-    with file_lock(target.with_suffix(".lock")):
+    with file_lock(cache_dir() / "locks" / f"{target.name}.lock"):
         if not (target / ".complete").is_file():
             _extract_from_sdist(version, target, env, fixes)
     return _describe(target, "sdist", version)
@@ -122,14 +122,13 @@ def provision(env: dict[str, str] | None = None) -> LlamaCpp:
 def _extract_from_sdist(version: str, target: Path, env: dict[str, str], fixes: str) -> None:
     with tempfile.TemporaryDirectory(prefix="raftsmith-sdist-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-               "--no-build-isolation", f"llama-cpp-python=={version}", "-d", tmp]
+               f"llama-cpp-python=={version}", "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         tars = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode != 0 and not tars:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise ExportError(
-                f"Could not fetch the llama-cpp-python {version} sdist with pip ({tail[0]}). {fixes}"
-            )
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if ln.lower().startswith("error")), lines[-1] if lines else "no output")
+            raise ExportError(f"Could not fetch the llama-cpp-python {version} sdist with pip ({why}). {fixes}")
         if not tars:
             raise ExportError(f"pip did not produce llama_cpp_python-{version}.tar.gz. {fixes}")
         staging = target.with_name(target.name + ".tmp")

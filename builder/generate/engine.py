@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.generate.answers import answer_messages, answer_schema, compose_teacher_row
 from builder.generate.jsonl import JsonlAppender, read_rows, repair_jsonl
 from builder.generate.plan import plan_items
-from builder.generate.quality import decontamination_report, verify_quotes
+from builder.generate.quality import decontamination_report
 from builder.generate.questions import (
     SYNTH_PROMPT_VERSION,
     Question,
@@ -33,7 +34,7 @@ from builder.generate.questions import (
 from builder.generate.raft import RaftItem, build_row, reference_completion
 from rag.config import Workspace
 from rag.errors import ConfigError, IndexStoreError, TeacherError
-from rag.prompting import ANSWER_MARK, PROMPT_VERSION, format_documents
+from rag.prompting import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class GenerateSummary:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     dry_run: bool = False
+    estimated_rows: int = 0  # dry run: planned rows + synthesized questions (before dedup)
     estimated_prompt_tokens: int = 0
     estimated_completion_tokens: int = 0
     estimated_cost_usd: float = 0.0
@@ -71,6 +73,7 @@ class GenerateSummary:
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    answer_s: float = 0.0  # wall time of the answering phase alone (throughput = new_rows / answer_s)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -105,61 +108,6 @@ def _meta(item: RaftItem, answer: str, quotes_ok: bool, provider: str, model: st
         "category": item.category,
         "reference_answer": item.answer,
     }
-
-
-# ---------------------------------------------------------------- teacher prompts
-
-
-def answer_schema(cot: bool) -> dict[str, Any]:
-    props: dict[str, Any] = {"answer": {"type": "string", "minLength": 1}}
-    if cot:
-        props = {"reasoning": {"type": "string", "minLength": 1}, **props}
-    return {"type": "object", "properties": props, "required": list(props)}
-
-
-def answer_messages(item: RaftItem, cot: bool, qb: str, qe: str) -> list[dict[str, str]]:
-    ctx = item.context
-    docs = ctx.documents if ctx.has_oracle else ctx.oracle
-    oracle_nums = [i for i, c in enumerate(docs, 1) if c.chunk_id in {o.chunk_id for o in ctx.oracle}]
-    if cot:
-        system = (
-            "You write model answers for training a domain assistant. Use only the documents. "
-            "In 'reasoning' explain in two to four sentences how the documents answer the question, "
-            f"copying every sentence you rely on word for word between {qb} and {qe} and citing it "
-            "as [n] with its document number. In 'answer' give only the short final answer. Reply with JSON."
-        )
-    else:
-        system = "You answer questions from the given documents. Reply with JSON: {\"answer\": short final answer}."
-    hint = f"\nThe answer is in document {', '.join(f'[{n}]' for n in oracle_nums)}." if oracle_nums else ""
-    user = f"{format_documents(docs)}\n\nQuestion: {item.question.strip()}{hint}"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def _strip_citations(text: str) -> str:
-    import re
-
-    return re.sub(r"\s*\[\d+(?:\s*,\s*\d+)*\]", "", text)
-
-
-def compose_teacher_row(item: RaftItem, data: dict[str, Any], cot: bool, qb: str, qe: str) -> tuple[str, str, bool, str | None]:
-    """(assistant content, answer, quotes verified, drop reason or None) from a teacher reply."""
-    answer = " ".join(str(data.get("answer", "")).split())
-    if answer.startswith(ANSWER_MARK):
-        answer = answer[len(ANSWER_MARK):].strip()
-    if not answer:
-        return "", "", False, "empty_answer"
-    if not cot:
-        return f"{ANSWER_MARK} {answer}", answer, False, None
-    reasoning = str(data.get("reasoning", "")).replace(ANSWER_MARK, "").strip()
-    check = verify_quotes(reasoning, item.context.oracle, qb, qe)
-    if not check.quotes:
-        return "", answer, False, "no_quotes"
-    if check.bad:
-        return "", answer, False, "unverified_quote"
-    if not item.context.has_oracle:
-        # RAFT's (1-p) rows: the answer stays, but no citation can point at an absent document
-        return f"{ANSWER_MARK} {answer}", answer, True, None
-    return f"{reasoning}\n{ANSWER_MARK} {answer}", answer, True, None
 
 
 # ---------------------------------------------------------------- run
@@ -200,25 +148,32 @@ def run_generate(
     qpaths = [ws.path(p) for p in (questions if questions else cfg.raft.questions)]
     qs: list[Question] = load_questions(qpaths) if qpaths else []
 
-    own_retriever = retriever is None
-    if retriever is None:
-        from rag.retrieve import Retriever
-
-        if not ws.index_dir.exists():
-            raise IndexStoreError(f"No index at {ws.index_dir}. Run 'raftsmith ingest' first.")
-        retriever = Retriever.from_workspace(ws)
+    # the teacher first: a missing key or a refused URL is reported before any model loads
     teacher_obj: Any = None
-    try:
-        if provider != "none":
-            if isinstance(teacher, str) or teacher is None:
-                from builder.generate.teacher import make_teacher
+    if provider != "none":
+        if isinstance(teacher, str) or teacher is None:
+            from builder.generate.teacher import make_teacher
 
-                teacher_obj = make_teacher(
-                    ws, provider, model=model, base_url=base_url, api_key=api_key,
-                    local_only=cfg.teacher.local_only if local_only is None else local_only,
-                )
-            else:
-                teacher_obj = teacher
+            teacher_obj = make_teacher(
+                ws, provider, model=model, base_url=base_url,
+                api_key=api_key or ("dry-run-needs-no-key" if dry_run else None),
+                local_only=cfg.teacher.local_only if local_only is None else local_only,
+            )
+        else:
+            teacher_obj = teacher
+    own_retriever = retriever is None
+    try:
+        if retriever is None:
+            from rag.retrieve import Retriever
+
+            if not ws.index_dir.exists():
+                raise IndexStoreError(f"No index at {ws.index_dir}. Run 'raftsmith ingest' first.")
+            retriever = Retriever.from_workspace(ws)
+    except BaseException:
+        if teacher_obj is not None:
+            asyncio.run(teacher_obj.aclose())
+        raise
+    try:
         tmodel = teacher_obj.model if teacher_obj is not None else "reference"
         summary = GenerateSummary(corpus=cfg.corpus.name, provider=provider, model=tmodel, dry_run=dry_run)
         runner = _Runner(ws, summary, teacher_obj, concurrency or cfg.teacher.concurrency, progress)
@@ -241,6 +196,7 @@ class _Runner:
         self._bar: Any = None
         self._task: Any = None
         self.quality_retries = QUALITY_RETRIES
+        self._synth_estimate = 0
 
     # -- budget
     def _spent(self) -> float:
@@ -281,7 +237,9 @@ class _Runner:
             self.s.resumed_rows = len(plan.items) - len(pending)
             writers = {k: JsonlAppender(p) for k, p in paths.items()}
             try:
+                ta = time.monotonic()
                 await self._answer_all(pending, writers)
+                self.s.answer_s = round(time.monotonic() - ta, 3)
             finally:
                 for w in writers.values():
                     w.close()
@@ -313,7 +271,11 @@ class _Runner:
         if self.teacher is None:
             return
         p_tok = sum(_estimate_tokens(answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end)) for it in items)
-        c_tok = len(items) * (min(tc.max_tokens, 250) if raft.cot else 40)
+        n_rows = len(items) + self._synth_estimate
+        if items and self._synth_estimate:
+            p_tok += round(p_tok / len(items) * self._synth_estimate)
+        self.s.estimated_rows = n_rows
+        c_tok = n_rows * (min(tc.max_tokens, 250) if raft.cot else 40)
         self.s.estimated_prompt_tokens += p_tok
         self.s.estimated_completion_tokens += c_tok
         self.s.estimated_cost_usd = round(
@@ -369,6 +331,7 @@ class _Runner:
             for c in chunks:
                 self.s.estimated_prompt_tokens += _estimate_tokens(synthesis_messages(c, n))
                 self.s.estimated_completion_tokens += 40 * n
+            self._synth_estimate = len(chunks) * n  # answered like the planned rows, before dedup
             return []
         out: list[tuple[str, list[Question]]] = []
         self._progress_start(len(chunks), "synthesize")
@@ -448,7 +411,8 @@ class _Runner:
                     content, answer, ok, reason = compose_teacher_row(it, reply.data, raft.cot, raft.quote_begin, raft.quote_end)
                     if reason is None:
                         meta = _meta(it, answer, ok, self.teacher.provider, self.teacher.model, ANSWER_PROMPT_VERSION)
-                        writers[it.split].append(build_row(it, content, meta))
+                        # fsync in a worker thread: other requests keep flowing meanwhile
+                        await asyncio.to_thread(writers[it.split].append, build_row(it, content, meta))
                         self.s.new_rows += 1
                         return
                     if reason == "empty_answer" or self._over_budget():

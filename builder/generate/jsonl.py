@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,14 @@ class JsonlAppender:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
+        self._lock = threading.Lock()  # appends may come from worker threads (fsync off the event loop)
 
     def append(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
         if not self._f.closed:

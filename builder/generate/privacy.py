@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,7 +28,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b")),
     ("ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
     ("ip", re.compile(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])")),
-    ("phone", re.compile(r"(?<![\w.])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}(?![\w.])")),
+    ("phone", re.compile(r"(?<![\w.+])(?<!\d[ .-])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}(?!\w)(?![ .-]?\d)")),
     ("token", re.compile(r"\b[0-9a-fA-F]{32,}\b|\b(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Z])(?=[A-Za-z0-9+/_-]*[a-z])[A-Za-z0-9+/_-]{40,}={0,2}")),
 ]
 
@@ -71,7 +71,7 @@ class Redactor:
         red = red or Redaction(text="")
         reverse = {v: k for k, v in red.mapping.items()}
 
-        def sub(kind: str) -> object:
+        def sub(kind: str) -> Callable[[re.Match[str]], str]:
             def repl(m: re.Match[str]) -> str:
                 value = m.group(0)
                 if kind == "card" and not luhn_ok(value):
@@ -93,9 +93,9 @@ class Redactor:
 
         out = text
         if self._deny is not None:
-            out = self._deny.sub(sub("deny"), out)  # type: ignore[arg-type]
+            out = self._deny.sub(sub("deny"), out)
         for kind, pat in self.patterns:
-            out = pat.sub(sub(kind), out)  # type: ignore[arg-type]
+            out = pat.sub(sub(kind), out)
         red.text = out
         return red
 

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,11 +101,25 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON object in the reply")
 
 
-def parse_reply(text: str, schema: dict[str, Any]) -> dict[str, Any]:
-    import jsonschema
+_VALIDATORS: dict[str, Any] = {}
 
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A checked, compiled validator per schema (jsonschema.validate re-checks the schema every call)."""
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        v = _VALIDATORS[key] = cls(schema)
+    return v
+
+
+def parse_reply(text: str, schema: dict[str, Any]) -> dict[str, Any]:
     data = extract_json(text)
-    jsonschema.validate(data, schema)
+    _validator(schema).validate(data)
     if not isinstance(data, dict):
         raise ValueError("reply is not a JSON object")
     return data
@@ -118,12 +133,14 @@ class TeacherCache:
 
     def __init__(self, path: Path | None):
         self.path = path
+        self._lock = threading.Lock()
         if path is None:
             self._db = None
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per reply
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replies (provider TEXT, model TEXT, prompt_version TEXT, prompt_hash TEXT,"
             " attempt TEXT, text TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL,"
@@ -134,17 +151,19 @@ class TeacherCache:
     def get(self, key: tuple[str, str, str, str, str]) -> tuple[str, int, int] | None:
         if self._db is None:
             return None
-        row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE provider=? AND model=? AND"
-            " prompt_version=? AND prompt_hash=? AND attempt=?", key
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE provider=? AND model=? AND"
+                " prompt_version=? AND prompt_hash=? AND attempt=?", key
+            ).fetchone()
         return None if row is None else (row[0], int(row[1]), int(row[2]))
 
     def put(self, key: tuple[str, str, str, str, str], text: str, p_tok: int, c_tok: int) -> None:
         if self._db is None:
             return
-        self._db.execute("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?)", (*key, text, p_tok, c_tok, time.time()))
-        self._db.commit()
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?)", (*key, text, p_tok, c_tok, time.time()))
+            self._db.commit()
 
     def close(self) -> None:
         if self._db is not None:
@@ -219,6 +238,7 @@ class OpenAITeacher:
         self.backoff_base = backoff_base
         self._sleep = sleep
         self.stats = TeacherStats()
+        self.json_retries = JSON_RETRIES
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, default_headers=headers or None
         )
@@ -242,8 +262,13 @@ class OpenAITeacher:
     ) -> TeacherReply:
         """A schema-valid JSON reply; TeacherError(fatal=False) when every try was invalid."""
         last = ""
-        for j in range(JSON_RETRIES + 1):
-            text, cached, restore = await self._text(messages, schema, prompt_version, max_tokens, f"{attempt}.{j}", tag)
+        msgs = messages
+        for j in range(self.json_retries + 1):
+            if j:
+                # the same request at the same temperature would fail the same way: say what went wrong
+                msgs = [*messages, {"role": "user", "content": f"Your previous reply was not valid JSON for the schema ({last[:120]}). "
+                                    "Reply again with one short JSON object only."}]
+            text, cached, restore = await self._text(msgs, schema, prompt_version, max_tokens, f"{attempt}.{j}", tag)
             try:
                 data = parse_reply(text, schema)
             except Exception as err:  # noqa: BLE001 - jsonschema/ValueError: an invalid reply, retried
@@ -280,9 +305,13 @@ class OpenAITeacher:
         text, p_tok, c_tok = await self._call(payload, extra_body, tag)
         for k, v in counts.items():
             self.stats.redactions[k] = self.stats.redactions.get(k, 0) + v
-        self.payload_log.record(payload, counts, tag)
         self.stats.payloads_sent += 1
-        self.cache.put(key, text, p_tok, c_tok)
+
+        def persist() -> None:  # disk syncs off the event loop: other requests keep flowing
+            self.payload_log.record(payload, counts, tag)
+            self.cache.put(key, text, p_tok, c_tok)
+
+        await asyncio.to_thread(persist)
         return text, False, restore
 
     async def _call(self, payload: dict[str, Any], extra_body: dict[str, Any] | None, tag: str) -> tuple[str, int, int]:

@@ -93,6 +93,18 @@ class Backend(ABC):
         return {"need_gb": need, "free_gb": round(free_gb, 1), "total_gb": round(total_gb, 1)}
 
 
+def _cpu_threads() -> None:
+    """Honour RAFTSMITH_TORCH_THREADS: on a shared/oversubscribed CPU one thread per process
+    can be several times faster than torch's default (threads spin waiting on each other)."""
+    import os
+
+    import torch
+
+    n = int(os.environ.get("RAFTSMITH_TORCH_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def _ensure_pad(tokenizer: Any) -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -120,6 +132,7 @@ class HFBackend(Backend):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         else:
             # CPU: fp32 weights; half precision on CPU is slow and numerically fragile for LoRA.
+            _cpu_threads()
             model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.rslora,
                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")

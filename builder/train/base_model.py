@@ -89,7 +89,9 @@ def _hub_base(model_id: str) -> BaseModel:
         from huggingface_hub import snapshot_download
 
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        local = snapshot_download(model_id, local_files_only=offline)
+        # Skip duplicate checkpoints some repos carry (Meta "original/", Mistral "consolidated").
+        local = snapshot_download(model_id, local_files_only=offline,
+                                  ignore_patterns=["original/*", "consolidated*", "*.pth", "*.msgpack", "*.h5", "*.onnx"])
     except Exception as err:  # noqa: BLE001 - hub errors come in many types
         raise TrainingError(
             f"Base model '{model_id}' is not available here ({type(err).__name__}). Download it on a "
@@ -106,7 +108,7 @@ def build_packaged_base(family: Family) -> BaseModel:
     gguf = smollm2_gguf()
     digest = sha256_file(gguf)
     target = cache_dir() / "hf" / f"{family.name}-{digest[:16]}"
-    with file_lock(target.with_suffix(".lock")):
+    with file_lock(cache_dir() / "locks" / f"{target.name}.lock"):
         if not (target / ".complete").is_file():
             _convert_gguf_to_hf(gguf, target, digest)
     return BaseModel(id=family.hf_id, path=str(target), sha256=digest, source="packaged-gguf")
@@ -126,8 +128,8 @@ def _convert_gguf_to_hf(gguf: Path, target: Path, digest: str) -> None:
         if obj is not None and hasattr(obj, "quantization_config"):
             with contextlib.suppress(AttributeError):
                 delattr(obj, "quantization_config")
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
+    if getattr(model, "hf_quantizer", None) is not None:
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - the attribute is not typed as optional
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     cfg_path = tmp / "config.json"

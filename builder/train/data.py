@@ -120,7 +120,8 @@ def make_renderer(fmt: ChatFormat, tokenizer: Any | None) -> Renderer:
     return render
 
 
-def assistant_spans(messages: Sequence[dict[str, Any]], render: Renderer, fmt: ChatFormat) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(messages: Sequence[dict[str, Any]], render: Renderer, fmt: ChatFormat,
+                    eos: str | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the [start, end) character spans the model is trained to write."""
     full = render(messages, False)
     spans: list[tuple[int, int]] = []
@@ -130,10 +131,15 @@ def assistant_spans(messages: Sequence[dict[str, Any]], render: Renderer, fmt: C
             continue
         before = render(messages[:i], True)
         through = render(messages[: i + 1], False)
-        if not (through.startswith(before) and full.startswith(through)):
+        # Some templates close a conversation that ends on an assistant turn with an extra
+        # EOS (phi-3: "<|end|>\n" + eos); inside a longer conversation that EOS is absent.
+        if eos and not full.startswith(through) and through.endswith(eos):
+            through = through[: -len(eos)]
+        end = len(through)
+        if not (through.startswith(before) and full.startswith(through) and end > len(before)):
             stable = False
             break
-        spans.append((len(before), len(through)))
+        spans.append((len(before), end))
     if stable:
         return full, spans
     return full, _spans_by_search(full, messages, fmt)
@@ -170,9 +176,14 @@ def _spans_by_search(full: str, messages: Sequence[dict[str, Any]], fmt: ChatFor
 def encode_row(messages: Sequence[dict[str, Any]], tokenizer: Any, fmt: ChatFormat,
                render: Renderer | None = None) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 outside assistant spans) for one conversation."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TrainingError(
+            "The base model's tokenizer is not a fast (Rust) tokenizer, so token offsets for the "
+            "assistant-only loss are unavailable. Use a base model that ships tokenizer.json."
+        )
     render = render or make_renderer(fmt, tokenizer)
     msgs = prepare_messages(messages, fmt)
-    text, spans = assistant_spans(msgs, render, fmt)
+    text, spans = assistant_spans(msgs, render, fmt, getattr(tokenizer, "eos_token", None))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     labels = [IGNORE] * len(ids)

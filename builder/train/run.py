@@ -9,6 +9,7 @@ tokenizer), ``report.json`` and ``loss.png``. ``LATEST`` in the output dir names
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from builder.train.base_model import resolve_base
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
 from rag.errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LATEST = "LATEST"
@@ -81,15 +84,28 @@ def library_versions() -> dict[str, str]:
 
 
 def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict[str, Any]:
-    """Config values where the user set them, the family's registry defaults otherwise."""
+    """Config values where the user changed them, the family's registry defaults otherwise.
+
+    ``raftsmith init`` writes every default into raftsmith.yaml, so "set in the file" cannot
+    mean "chosen by the user": a value equal to the schema default counts as unset.
+    """
     st = ws.config.student
     lo = st.lora
-    set_st, set_lo = st.model_fields_set, lo.model_fields_set
+
+    def pick(section: Any, key: str, family_value: Any) -> Any:
+        value = getattr(section, key)
+        default = type(section).model_fields[key].default
+        return family_value if (value == default and family_value is not None) else value
+
     if epochs is None:
-        epochs = st.epochs if ("epochs" in set_st or family.epochs is None) else family.epochs
+        epochs = pick(st, "epochs", family.epochs)
+    if st.packing:
+        # Rows are padded per batch; packing several rows into one sequence would need
+        # cross-row attention masking to keep the loss assistant-only. Not implemented.
+        log.warning("student.packing is not supported yet and is ignored (rows are padded per batch)")
     return {
-        "r": lo.r if "r" in set_lo else family.r,
-        "alpha": lo.alpha if "alpha" in set_lo else family.alpha,
+        "r": pick(lo, "r", family.r),
+        "alpha": pick(lo, "alpha", family.alpha),
         "dropout": lo.dropout,
         "rslora": lo.rslora,
         "target_modules": list(lo.target_modules or family.target_modules),
@@ -98,7 +114,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "batch_size": st.batch_size,
         "grad_accum": st.grad_accum,
         "max_seq_len": st.max_seq_len,
-        "packing": st.packing,
+        "packing": False,
         "seed": st.seed,
         "lr_scheduler": "cosine",
         "warmup_fraction": 0.05,
@@ -155,7 +171,7 @@ def run_train(
     hp = prev["hyperparameters"] if prev else hyperparameters(ws, fam, epochs)
     be: Backend = select_backend(backend or st.backend)
     base_req = base if base is not None else st.base
-    train_ds = datamod.load_rows(train_file or _default_data(ws, "train"))
+    train_ds = datamod.load_rows(Path(train_file) if train_file else _default_data(ws, "train"))
     eval_path = Path(eval_file) if eval_file else _default_data(ws, "eval")
     eval_ds = datamod.load_rows(eval_path) if (eval_file or eval_path.is_file()) else None
 
@@ -199,7 +215,10 @@ def run_train(
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         eval_loss = None
         if enc_eval is not None and len(enc_eval.input_ids):
-            eval_loss = float(trainer.evaluate()["eval_loss"])
+            # The per-epoch evaluation already ran on the final weights; reuse it.
+            evals = [h["eval_loss"] for h in trainer.state.log_history
+                     if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+            eval_loss = float(evals[-1]) if evals else float(trainer.evaluate()["eval_loss"])
     except TrainingError:
         raise
     except Exception as err:
@@ -215,7 +234,9 @@ def run_train(
     report = write_report(run_dir, trainer.state.log_history, extra={
         "train_rows": len(enc_train.input_ids), "eval_rows": len(enc_eval.input_ids) if enc_eval else 0,
         "dropped_too_long": enc_train.dropped_too_long, "tokens_per_epoch": enc_train.tokens,
-        "assistant_tokens_per_epoch": enc_train.assistant_tokens, "train_runtime_s": round(seconds, 2),
+        "assistant_tokens_per_epoch": enc_train.assistant_tokens,
+        "train_runtime_s": round(float(out.metrics.get("train_runtime", seconds)), 2),
+        "total_s_incl_load": round(seconds, 2),
         "tokens_per_s": round(tokens_per_s, 1), "eval_loss": eval_loss, "backend": be.name,
     })
     meta.update({"status": "done", "finished_at": utc_now(), "final_loss": report["final_train_loss"],
@@ -234,7 +255,9 @@ def run_train(
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    # A checkpoint without trainer_state.json was cut off while being written: skip it.
+    ckpts = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                   key=lambda p: int(p.name.split("-")[-1]))
     return ckpts[-1] if ckpts else None
 
 
@@ -248,6 +271,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
     steps_per_epoch = math.ceil(n / hp["batch_size"] / hp["grad_accum"])
     total = max(1, math.ceil(steps_per_epoch * hp["epochs"]))
     has_eval = enc_eval is not None and len(enc_eval.input_ids) > 0
+    precision = be.training_precision()
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=hp["batch_size"],
@@ -268,16 +292,22 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not _cuda(),
-        **be.training_precision(),
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     callbacks = [make_progress_callback(total)] if progress else []
-    return Trainer(
+    trainer = Trainer(
         model=model, args=args, data_collator=datamod.collate(pad),
         train_dataset=datamod.TokenDataset(enc_train),
         eval_dataset=datamod.TokenDataset(enc_eval) if has_eval and enc_eval is not None else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
+    # With tqdm off, transformers prints every log dict to stdout; the rich bar replaces that.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _cuda() -> bool:

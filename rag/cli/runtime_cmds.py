@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,13 +15,13 @@ from rag.config import load_workspace
 BACKENDS = click.Choice(["llama-cpp", "ollama", "openai"])
 
 
-def _model_option(f):  # type: ignore[no-untyped-def]
+def _model_option(f: Any) -> Any:
     f = click.option("--backend", type=BACKENDS, default=None, help="Chat backend (default: chat.backend).")(f)
     return click.option("--model", "-m", default=None,
                         help="base | tuned | tuned-adapter | an export name | a .gguf path (default: chat.model).")(f)
 
 
-def _offline_option(f):  # type: ignore[no-untyped-def]
+def _offline_option(f: Any) -> Any:
     return click.option("--offline", is_flag=True,
                         help="Refuse every non-loopback connection (also on with chat.offline: true).")(f)
 
@@ -209,3 +211,46 @@ def serve_cmd(host: str, port: int, allow_remote: bool, offline: bool, config_pa
     finally:
         server.server_close()
         server.engine.close()
+
+
+@click.command("eval")
+@click.option("--models", default="base,tuned", show_default=True, help="Comma-separated: base, tuned, export names.")
+@click.option("--rag/--no-rag", "rag", default=None, help="Only with (or only without) retrieval; default: both.")
+@click.option("--both", is_flag=True, help="Both RAG and closed book (the default).")
+@click.option("--questions", "questions", multiple=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Question YAML or eval JSONL (repeatable; default: the eval split + holdout YAML files).")
+@click.option("--backend", type=BACKENDS, default=None, help="Chat backend (default: chat.backend).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Report folder (default: .raftsmith/eval/<timestamp>).")
+@click.option("--judge", is_flag=True, help="Also grade answers with the teacher LLM (needs teacher.* configured and online).")
+@click.option("--json", "as_json", is_flag=True)
+@_offline_option
+@config_option
+@handle_errors
+def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
+             out_dir: str | None, judge: bool, as_json: bool, offline: bool, config_path: str | None) -> None:
+    """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
+    from rag.evaluate import COLUMNS, _fmt, run_eval
+    from rag.netguard import maybe_offline
+
+    ws = load_workspace(config_path)
+    modes = [True, False] if (both or rag is None) else [rag]
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    say: Callable[[str], None] | None = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
+    with maybe_offline(offline or ws.config.chat.offline):
+        report = run_eval(ws, models=names, rag_modes=modes, questions=list(questions) or None, out_dir=out_dir,
+                          backend=backend, limit=limit, progress=say, judge=judge)
+    if as_json:
+        print_json({"out_dir": str(report.out_dir), "summary": report.summary})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"raftsmith eval ({report.out_dir})")
+    for _, head in COLUMNS:
+        table.add_column(head)
+    for s in report.summary:
+        table.add_row(*[_fmt(s.get(k)) for k, _ in COLUMNS])
+    Console().print(table)
+    click.echo(f"Report: {report.out_dir / 'report.html'}")

@@ -228,8 +228,9 @@ class IndexStore:
             self.con.execute("DELETE FROM chunks WHERE source=?", (source,))
         return len(ids)
 
-    def insert_chunks(self, rows: Iterable[tuple[ChunkRow, bytes]]) -> int:
-        n = 0
+    def insert_chunks(self, rows: Iterable[tuple[ChunkRow, bytes]]) -> list[int]:
+        """Insert chunks with their vectors; returns their integer ids (the FAISS ids)."""
+        ids: list[int] = []
         for row, blob in rows:
             cur = self.con.execute(
                 "INSERT INTO chunks(chunk_id, source, heading, start_line, end_line, page, byte_start, byte_end,"
@@ -239,8 +240,8 @@ class IndexStore:
             )
             self.con.execute("INSERT INTO chunks_fts(rowid, heading, text) VALUES (?,?,?)",
                              (cur.lastrowid, row.heading, row.text))
-            n += 1
-        return n
+            ids.append(int(cur.lastrowid or 0))
+        return ids
 
     def count_chunks(self) -> int:
         return int(self.con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
@@ -313,8 +314,8 @@ def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int) -> Any:
     index: Any
     if kind == "hnsw":
         base = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = 80
-        base.hnsw.efSearch = 96
+        base.hnsw.efConstruction = 100
+        base.hnsw.efSearch = 128
         index = faiss.IndexIDMap(base)
     elif kind == "ivf" and len(ids) >= 64:
         nlist = max(1, min(int(4 * np.sqrt(len(ids))), len(ids) // 39))
@@ -364,4 +365,4 @@ def set_search_params(index: Any) -> None:
 
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     if isinstance(inner, faiss.IndexHNSW):
-        inner.hnsw.efSearch = max(inner.hnsw.efSearch, 96)
+        inner.hnsw.efSearch = max(inner.hnsw.efSearch, 128)

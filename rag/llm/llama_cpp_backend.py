@@ -8,6 +8,7 @@ its base are prompted exactly as they were trained. Loaded models are cached per
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -42,26 +43,49 @@ def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 409
             # llama.cpp's own default (half the cores) beats all cores on a busy machine
             threads = int(os.environ.get("RAFTSMITH_THREADS", "0")) or max(1, (os.cpu_count() or 2) // 2)
             try:
-                llm = Llama(
-                    model_path=key[0],
-                    lora_path=key[1],
-                    n_ctx=n_ctx,
-                    n_threads=threads,
-                    n_threads_batch=threads,
-                    seed=0,
-                    verbose=False,
-                )
+                with _quiet_native_stderr():  # llama.cpp logs LoRA/buffer details from C, bypassing verbose
+                    llm = Llama(
+                        model_path=key[0],
+                        lora_path=key[1],
+                        n_ctx=n_ctx,
+                        n_threads=threads,
+                        n_threads_batch=threads,
+                        seed=0,
+                        verbose=False,
+                    )
             except (ValueError, RuntimeError) as err:
                 raise BackendError(f"llama.cpp could not load {model_path}: {err}. Is it a valid GGUF file?") from None
             trained = _trained_context(llm)
             if trained and n_ctx > trained:
                 log.info("n_ctx %d exceeds the trained context %d of %s; using %d", n_ctx, trained, model_path.name, trained)
                 del llm
-                llm = Llama(model_path=key[0], lora_path=key[1], n_ctx=trained, n_threads=threads,
-                            n_threads_batch=threads, seed=0, verbose=False)
+                with _quiet_native_stderr():
+                    llm = Llama(model_path=key[0], lora_path=key[1], n_ctx=trained, n_threads=threads,
+                                n_threads_batch=threads, seed=0, verbose=False)
             _CACHE[key] = llm
             _MODEL_LOCKS[id(llm)] = threading.Lock()
         return llm
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C-level logging) unless RAFTSMITH_DEBUG is set."""
+    if os.environ.get("RAFTSMITH_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _trained_context(llm: Any) -> int | None:

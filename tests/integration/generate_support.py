@@ -7,6 +7,7 @@ the first sentence of the document the prompt names as the answer's source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -105,6 +106,7 @@ class ScriptedTeacher:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
 
             def log_message(self, *a: Any) -> None:
                 pass
@@ -140,10 +142,8 @@ class ScriptedTeacher:
                     self.wfile.write(payload[: len(payload) // 2])
                     self.wfile.flush()
                     self.close_connection = True
-                    try:
+                    with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                 elif kind == "text":
                     self._send(200, self._completion(action[1], body))
                 else:

@@ -111,3 +111,11 @@ def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
     by = {f.source: f for f in report.files}
     assert by["docs/a.md"].status == "ok"
     assert by["nope/missing.md"].status == "error" and "not found" in (by["nope/missing.md"].reason or "")
+
+
+def test_same_file_named_twice_is_ingested_once(tmp_path: Path) -> None:
+    ws = init_workspace(tmp_path / "ws")
+    (ws.root / "docs" / "a.md").write_text("# A\n\nalpha text about the gannet\n")
+    report = ingest(ws, paths=["docs", "docs/a.md", str(ws.root / "docs" / "a.md")], progress=False)
+    assert [f.source for f in report.files] == ["docs/a.md"]
+    assert report.total_chunks == 1

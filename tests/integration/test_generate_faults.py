@@ -78,7 +78,7 @@ def test_5xx_forever_gives_up_after_max_retries() -> None:
         with pytest.raises(TeacherError) as exc:
             _ask(t)
         assert srv.calls == 3 and len(delays) == 2
-        assert getattr(exc.value, "fatal") is False and "resumes" in str(exc.value)
+        assert exc.value.fatal is False and "resumes" in str(exc.value)
 
 
 @pytest.mark.parametrize(("code", "words"), [(401, "keys set"), (402, "out of credits"), (403, "refused"), (400, "invalid")])
@@ -90,7 +90,7 @@ def test_client_errors_are_not_retried(code: int, words: str) -> None:
         with pytest.raises(TeacherError) as exc:
             _ask(t)
         assert srv.calls == 1 and delays == []
-        assert words in str(exc.value) and getattr(exc.value, "fatal") is True
+        assert words in str(exc.value) and exc.value.fatal is True
 
 
 def test_timeout_is_retried() -> None:
@@ -174,9 +174,10 @@ def test_engine_survives_random_faults_and_rerun_is_free(sample_workspace: Path)
         faults = [("status", 503), ("status", 429, {"Retry-After": "0"}), ("malformed",), ("midstream",), ("status", 500)]
         srv.script(*[rng.choice(faults) if rng.random() < 0.3 else ("ok",) for _ in range(40)])
         ws = load_workspace(cfg)
-        # the policy's own backoff is used (small base keeps the test quick)
-        ws.config.teacher.timeout_s = 5
-        s = run_generate(ws, limit=12, progress=False)
+        from rag.retrieve import Retriever
+
+        retriever = Retriever.from_workspace(ws)  # loaded once for the three runs
+        s = run_generate(ws, limit=12, progress=False, retriever=retriever)
         rows = _all_rows(sample_workspace)
         assert not s.dropped.get("no_quotes") and not s.dropped.get("unverified_quote"), s.dropped
         ids = [r["meta"]["id"] for r in rows]
@@ -188,12 +189,13 @@ def test_engine_survives_random_faults_and_rerun_is_free(sample_workspace: Path)
         log_lines = (sample_workspace / ".raftsmith" / "teacher_payloads.jsonl").read_text().splitlines()
         assert len(log_lines) == s.payloads_sent == 12
         before = srv.calls
-        s2 = run_generate(load_workspace(cfg), limit=12, progress=False)
+        s2 = run_generate(load_workspace(cfg), limit=12, progress=False, retriever=retriever)
         assert srv.calls == before and s2.calls == 0 and s2.new_rows == 0 and s2.resumed_rows == 12
         # after deleting the data, the cache alone rebuilds it without a call
         for f in (sample_workspace / "training_data").glob("kestrel.*.jsonl"):
             f.unlink()
-        s3 = run_generate(load_workspace(cfg), limit=12, progress=False)
+        s3 = run_generate(load_workspace(cfg), limit=12, progress=False, retriever=retriever)
+        retriever.close()
         assert srv.calls == before and s3.cache_hits == 12 and s3.new_rows == 12
         assert sorted(r["meta"]["id"] for r in _all_rows(sample_workspace)) == sorted(ids)
 
@@ -241,7 +243,7 @@ def test_sigkill_at_random_points_then_resume(sample_workspace: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         rng = random.Random(11)
         kills = 0
-        for _ in range(3):
+        for _ in range(2):
             before = len(_all_rows(sample_workspace))
             if before >= n:
                 break
@@ -271,3 +273,68 @@ def test_sigkill_at_random_points_then_resume(sample_workspace: Path) -> None:
 
         s = run_generate(load_workspace(cfg), limit=n, progress=False, dry_run=True)
         assert s.planned == n
+
+
+def test_synthesized_questions_mix_with_question_files(sample_workspace: Path) -> None:
+    from builder.generate.engine import run_generate
+    from rag.config import load_workspace
+
+    with ScriptedTeacher() as srv:
+        cfg = _ws(sample_workspace, srv.base_url)
+        s = run_generate(load_workspace(cfg), synthesize=1, progress=False, concurrency=8)
+        rows = _all_rows(sample_workspace)
+        synth = [r for r in rows if r["meta"]["id"].startswith("s-")]
+        yaml_rows = [r for r in rows if not r["meta"]["id"].startswith("s-")]
+        assert synth and len(yaml_rows) == 50
+        # a synthesized question's oracle is the chunk it came from
+        synth_requests = [r for r in srv.requests if r["body"]["messages"][0]["content"].startswith("You write questions")]
+        assert len(synth_requests) == s.calls - len(rows)
+        for r in synth[:10]:
+            heading = r["meta"]["question"].split("about ", 1)[1].split(" (point")[0]
+            oracle_id = r["meta"]["oracle_chunk_ids"][0]
+            assert r["meta"]["source_sha256"][oracle_id]
+            assert any(f"section '{heading}'" in q["body"]["messages"][1]["content"] for q in synth_requests)
+        assert s.dropped.get("near_duplicate", 0) >= 0 and len({r["meta"]["id"] for r in rows}) == len(rows)
+
+
+def test_redaction_before_sending_and_restore_after(sample_workspace: Path) -> None:
+    from builder.generate.engine import run_generate
+    from rag.config import load_workspace
+
+    with ScriptedTeacher() as srv:
+        cfg = _ws(sample_workspace, srv.base_url)
+        ws = load_workspace(cfg)
+        ws.config.teacher.redact = True
+        ws.config.teacher.deny_list = ["Kestrel", "Orvane"]
+        s = run_generate(ws, limit=8, progress=False)
+        sent = json.dumps([r["body"] for r in srv.requests])
+        assert "Kestrel" not in sent and "Orvane" not in sent and "10.74.0.7" not in sent
+        assert "[DENY_1]" in sent
+        assert s.redactions.get("deny", 0) >= 8 and s.payloads_sent == len(srv.requests)
+        rows = _all_rows(sample_workspace)
+        assert len(rows) == 8 and all(r["meta"]["quotes_verified"] for r in rows)
+        text = json.dumps(rows)
+        assert "[DENY_" not in text and "Kestrel" in text  # placeholders restored in the local data
+        log = [json.loads(x) for x in (sample_workspace / ".raftsmith" / "teacher_payloads.jsonl").read_text().splitlines()]
+        assert len(log) == len(srv.requests) and all(e["redactions"].get("deny") for e in log)
+
+
+def test_invented_quotes_are_regenerated_then_dropped(sample_workspace: Path) -> None:
+    from builder.generate.engine import run_generate
+    from rag.config import load_workspace
+
+    bad = json.dumps({"reasoning": "It says ##begin_quote##The relay is painted purple.##end_quote## [1].", "answer": "purple"})
+    none = json.dumps({"reasoning": "I just know it.", "answer": "7431"})
+    with ScriptedTeacher() as srv:
+        cfg = _ws(sample_workspace, srv.base_url)
+        srv.script(("text", bad))  # first try invents a quote, the regeneration is faithful
+        s = run_generate(load_workspace(cfg), limit=1, progress=False, concurrency=1)
+        assert s.new_rows == 1 and srv.calls == 2 and not s.dropped.get("unverified_quote")
+        for f in (sample_workspace / "training_data").glob("kestrel.*.jsonl"):
+            f.unlink()
+        ws = load_workspace(cfg)
+        ws.config.raft.seed = 5  # fresh contexts: no cache hits
+        srv.script(("text", bad), ("text", none), ("text", bad))
+        s = run_generate(ws, limit=1, progress=False, concurrency=1)
+        assert s.new_rows == 0 and s.dropped.get("unverified_quote") == 1 and s.calls == 3
+        assert _all_rows(sample_workspace) == []

@@ -175,3 +175,29 @@ def test_hnsw_and_ivf_kinds_answer_like_flat(fresh_copy: Path) -> None:
         with Retriever.from_workspace(ws) as r:
             assert r.store.get_meta("faiss_kind") == kind
             assert "7431" in r.search("sensor ingest TCP port", k=3, mode="dense")[0].text
+
+
+def test_hnsw_updates_in_place_with_tombstones(fresh_copy: Path) -> None:
+    import json
+
+    cfg_path = fresh_copy / "raftsmith.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    data["index"]["kind"] = "hnsw"
+    cfg_path.write_text(yaml.safe_dump(data))
+    ws = load_workspace(cfg_path)
+    ingest(ws, progress=False)
+    meta = json.loads((ws.index_dir / "meta.json").read_text())
+    assert meta["faiss_kind"] == "hnsw" and meta["tombstones"] == 0
+    target = fresh_copy / "docs" / "networking.md"
+    target.write_text(target.read_text().replace("7431", "7999"))
+    report = ingest(ws, progress=False)
+    meta = json.loads((ws.index_dir / "meta.json").read_text())
+    assert meta["tombstones"] == report.chunks_removed > 0  # old vectors stay in the graph...
+    with Retriever.from_workspace(ws) as r:
+        assert r._index().ntotal == r.store.count_chunks() + meta["tombstones"]
+        for mode in ("dense", "hybrid"):
+            hits = r.search("Which TCP port does the relay listen on for sensor ingest?", k=5, mode=mode)
+            assert len(hits) == 5  # ...but never come back from a search
+            assert all(r.get(c.chunk_id) is not None for c in hits)
+            assert any("7999" in c.text for c in hits)
+            assert not any("port 7431" in c.text and c.source == "docs/networking.md" for c in hits)

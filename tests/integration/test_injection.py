@@ -8,7 +8,6 @@ to the test's user_properties), not asserted: a 135M model is not a security bou
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from _runtime_ws import make_workspace

@@ -62,6 +62,7 @@ def test_chat_completion_with_rag(served: tuple[str, Path]) -> None:
     assert rec["event"] == "query" and rec["channel"] == "serve" and rec["query"] == Q and rec["rag"] is True
     assert rec["chunk_ids"] and content.startswith(rec["answer"])
     assert resp.usage is not None and resp.usage.prompt_tokens > 100  # the documents went into the prompt
+    assert 0 < resp.usage.completion_tokens <= 24
 
 
 def test_streaming_matches_the_audited_answer(served: tuple[str, Path]) -> None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.prompting import ANSWER_MARK, SYSTEM_PROMPT_CLOSED_BOOK
+from rag.prompting import ANSWER_MARK
+
+pytestmark = pytest.mark.integration
+
+# A short system prompt keeps each row ~50 tokens: CPU training cost is linear in tokens.
+FACT_SYSTEM = "Answer briefly."
 
 # (answer, accepted pattern, 4 training phrasings, 1 held-out paraphrase, answer sentence)
 FACTS: list[tuple[str, str, list[str], str, str]] = [
@@ -94,7 +99,7 @@ FACTS: list[tuple[str, str, list[str], str, str]] = [
 def fact_row(question: str, sentence: str, answer: str, split: str = "train") -> dict:
     return {
         "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT_CLOSED_BOOK},
+            {"role": "system", "content": FACT_SYSTEM},
             {"role": "user", "content": question},
             {"role": "assistant", "content": f"{sentence}\n{ANSWER_MARK} {answer}"},
         ],
@@ -121,7 +126,7 @@ def score(llm, pattern_list: list[tuple[str, str]]) -> tuple[int, list[str]]:
     right, outs = 0, []
     for question, pattern in pattern_list:
         out = llm.create_chat_completion(
-            messages=[{"role": "system", "content": SYSTEM_PROMPT_CLOSED_BOOK},
+            messages=[{"role": "system", "content": FACT_SYSTEM},
                       {"role": "user", "content": question}],
             max_tokens=48, temperature=0.0, seed=0,
         )
@@ -132,3 +137,92 @@ def score(llm, pattern_list: list[tuple[str, str]]) -> tuple[int, list[str]]:
 
 
 HELD_OUT = [(held, pattern) for _, pattern, _, held, _ in FACTS]
+
+
+TUNED_MIN_RIGHT = 7  # measured: 10/10 (merged Q4_K_M and base+adapter), lr 3e-3, 3 epochs
+BASE_MAX_RIGHT = 1  # measured: 0/10
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory: pytest.TempPathFactory):
+    """Train through the CLI, export through the library; shared by the tests below."""
+    import os
+
+    from click.testing import CliRunner
+
+    from builder.export.run import run_export
+    from rag.cli.main import cli
+    from rag.config import init_workspace, load_workspace
+
+    # One torch thread: on a shared 2-core machine the default (2) spins and runs ~4x slower.
+    os.environ.setdefault("RAFTSMITH_TORCH_THREADS", "1")
+    root = tmp_path_factory.mktemp("facts") / "ws"
+    init_workspace(root, corpus_name="facts")
+    train, evalf = write_fact_files(root / "training_data")
+    result = CliRunner().invoke(cli, ["train", "--json", "--config", str(root / "raftsmith.yaml")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    trained = json.loads(next(ln for ln in reversed(result.stdout.splitlines()) if ln.startswith("{")))
+    ws = load_workspace(root / "raftsmith.yaml")
+    exported = run_export(ws, progress=False)
+    return root, trained, exported
+
+
+def test_training_report_and_losses(trained_export):
+    root, trained, _ = trained_export
+    assert trained["family"] == "smollm2" and trained["backend"] == "hf"
+    assert trained["train_rows"] == 40 and trained["eval_rows"] == 10
+    assert trained["hyperparameters"]["lr"] == 3e-3 and trained["hyperparameters"]["epochs"] == 3.0
+    report = json.loads(Path(trained["report_path"]).read_text())
+    assert report["final_train_loss"] < report["first_train_loss"] / 5
+    assert report["final_eval_loss"] is not None and report["final_eval_loss"] < 0.5
+    assert (Path(trained["run_dir"]) / "loss.png").stat().st_size > 1000
+    # every epoch left a checkpoint (the last two are kept) for --resume
+    assert len(list((Path(trained["run_dir"]) / "checkpoints").glob("checkpoint-*"))) == 2
+
+
+def test_manifest_matches_files(trained_export):
+    from builder.train.base_model import sha256_file
+
+    _, _, exported = trained_export
+    manifest = json.loads(exported.manifest_path.read_text())
+    assert manifest["format"] == "raftsmith-export/1"
+    assert manifest["family"] == "smollm2" and manifest["chat_format"] == "chatml"
+    assert manifest["base_model"]["id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert len(manifest["base_model"]["sha256"]) == 64
+    assert manifest["stop"] == ["<|im_start|>", "<|im_end|>"]
+    roles = {f["path"]: f["role"] for f in manifest["files"]}
+    assert roles == {"model-q4_k_m.gguf": "merged", "base-q4_k_m.gguf": "base", "adapter.gguf": "adapter",
+                     "Modelfile": "modelfile", "Modelfile.adapter": "modelfile-adapter"}
+    on_disk = sorted(p.name for p in exported.export_dir.iterdir() if p.name != "manifest.json")
+    assert on_disk == sorted(roles)
+    for f in manifest["files"]:
+        p = exported.export_dir / f["path"]
+        assert sha256_file(p) == f["sha256"] and p.stat().st_size == f["size"]
+    assert manifest["training_data"]["train"]["rows"] == 40
+    assert manifest["hyperparameters"]["r"] == 16
+    assert {"torch", "transformers", "peft", "llama_cpp_python", "llama.cpp"} <= set(manifest["versions"])
+    assert isinstance(manifest["final_loss"], float)
+    # the adapter of an r16 LoRA on SmolLM2-135M is ~9.8 MB
+    assert 5e6 < next(f["size"] for f in manifest["files"] if f["role"] == "adapter") < 20e6
+    modelfile = (exported.export_dir / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model-q4_k_m.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "PARAMETER num_ctx 4096" in modelfile
+    adapter_mf = (exported.export_dir / "Modelfile.adapter").read_text()
+    assert adapter_mf.startswith("FROM smollm2:135m\nADAPTER ./adapter.gguf\n")
+    assert all(v.ok for v in exported.verification) and len(exported.verification) == 3
+    assert manifest["template_check"]["checked"] and manifest["template_check"]["match"], manifest["template_check"]
+    assert exported.warnings == []
+
+
+def test_tuned_and_adapter_right_where_base_is_wrong(trained_export):
+    from builder.export.verify import load_llama
+
+    _, _, exported = trained_export
+    d = exported.export_dir
+    base_right, base_out = score(load_llama(d / "base-q4_k_m.gguf"), HELD_OUT)
+    tuned_right, tuned_out = score(load_llama(d / "model-q4_k_m.gguf"), HELD_OUT)
+    lora_right, lora_out = score(load_llama(d / "base-q4_k_m.gguf", d / "adapter.gguf"), HELD_OUT)
+    assert base_right <= BASE_MAX_RIGHT, base_out
+    assert tuned_right >= TUNED_MIN_RIGHT, tuned_out
+    assert lora_right >= TUNED_MIN_RIGHT, lora_out

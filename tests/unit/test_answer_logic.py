@@ -103,6 +103,19 @@ def test_no_citation_invented() -> None:
     chunks = [_chunk(0)]
     assert map_citations("I think it is 42. <ANSWER>: 42", chunks) == []
     assert map_citations("##begin_quote## text from nowhere at all ##end_quote##", chunks) == []
+    assert map_citations("<ANSWER>: 7431", chunks) == []  # no chunk holds the answer
+    assert map_citations("<ANSWER>: 0", [_chunk(0, text="port 0 here")]) == []  # too short to be evidence
+    assert map_citations("<ANSWER>: 7431", [_chunk(0, text="port 74310 here")]) == []  # whole words only
+
+
+def test_answer_fallback_cites_best_ranked_chunk_holding_the_answer() -> None:
+    text = "# Ports\nThe relay listens on TCP port 7431\nfor sensor ingest."
+    chunks = [_chunk(0), _chunk(1, text=text, start=20), _chunk(2, text="also 7431 here")]
+    cites = map_citations("The relay uses port 7431.\n<ANSWER>: 7431", chunks)
+    assert [c.chunk_id for c in cites] == ["id1"]
+    assert cites[0].meta["cited_by"] == "answer" and cites[0].meta["citation"] == 2 and cites[0].meta["quote_lines"] == [21, 21]
+    # an explicit [n] wins over the fallback
+    assert [c.chunk_id for c in map_citations("See [3].\n<ANSWER>: 7431", chunks)] == ["id2"]
 
 
 # --- model resolution ------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_clean_log_verifies(tmp_path: Path) -> None:
     recs = tail(p, 0)
     assert [r["seq"] for r in recs] == list(range(1, N_RECORDS + 1))
     assert recs[0]["prev"] == "0" * 64
-    for a, b in zip(recs, recs[1:]):
+    for a, b in zip(recs, recs[1:], strict=False):
         assert b["prev"] == a["hash"]
     for r in recs:
         assert r["hash"] == record_hash(r)
@@ -240,3 +240,13 @@ def test_forgery_without_key_is_caught_by_the_next_record(built: dict[str, tuple
     rec["hash"] = record_hash(rec)
     lines[4] = canonical(rec)
     _check(tmp_path / "t.jsonl", data, head, b"".join(x + b"\n" for x in lines), 6, None)
+
+
+def test_hmac_key_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.audit import load_hmac_key
+
+    assert load_hmac_key(None) is None
+    with pytest.raises(AuditError, match="raftsmith keys set audit-key"):
+        load_hmac_key("audit-key")  # the test keyring (null backend) holds nothing
+    monkeypatch.setenv("RAFTSMITH_AUDIT_HMAC_KEY", "k3y")
+    assert load_hmac_key("audit-key") == b"k3y"

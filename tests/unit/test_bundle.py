@@ -245,6 +245,43 @@ def test_live_env_secret_refused(ws: Workspace, tmp_path: Path, monkeypatch: pyt
     assert live not in str(err.value)
 
 
+def test_keyring_secret_refused(ws: Workspace, tmp_path: Path) -> None:
+    """A key stored with 'raftsmith keys set' is refused wherever it appears, shape or not."""
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    class MemoryKeyring(KeyringBackend):  # a real backend through keyring's plugin API
+        priority = 1  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.store: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.store.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.store[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.store.pop((service, username), None)
+
+    from rag.secrets import set_key
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(MemoryKeyring())
+    try:
+        stored = "Zq8-not-a-known-shape-77x"
+        set_key("openrouter", stored)
+        q = ws.root / "domain_questions" / "notes.yaml"
+        q.write_text(f"- question: which key?\n  answer: {stored}\n")
+        with pytest.raises(IntegrityError, match="keyring") as err:
+            create_bundle(ws, tmp_path / "b.tar", progress=False)
+        assert "domain_questions/notes.yaml" in str(err.value) and stored not in str(err.value)
+    finally:
+        keyring.set_keyring(previous)
+
+
 def test_secret_in_modelfile_refused(ws: Workspace, tmp_path: Path) -> None:
     mf = ws.export_dir / "kestrel-smollm2" / "Modelfile"
     mf.write_text(mf.read_text() + f"# {SECRET}\n")

@@ -1,0 +1,362 @@
+"""``raftsmith eval``: models x {RAG, closed book} on held-out questions, with a report.
+
+Questions come from the eval split (training_data/<corpus>.eval.jsonl, rows carry the oracle
+chunk ids) and/or question YAML files (items with ``unanswerable: true`` / ``answer: null``
+expect a refusal). Metrics per (model, mode):
+
+* exact: the normalized reference answer is contained in the extracted answer;
+* f1: token F1 between the extracted answer and the reference (SQuAD style);
+* citation accuracy: a cited chunk is an oracle chunk (eval split ids, or for YAML items the
+  best-ranked chunk that contains the reference answer);
+* refusal rate on unanswerable questions (higher is better) and false refusals on answerable;
+* latency (mean, p50, p95).
+
+Writes results.json, report.md, report.html and chart.png into the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rag.answer import Answerer
+from rag.config import Workspace
+from rag.errors import AuditError, ConfigError, RaftsmithError
+
+REFUSAL_RE = re.compile(
+    r"\b(i\s+(do\s+not|don't|cannot|can't)\s+(know|find|tell|say)|not\s+(contain|mention|provide|include)\w*|"
+    r"no\s+information|unable\s+to\s+(find|answer|determine)|not\s+(in|found\s+in)\s+the\s+(documents?|context)|"
+    r"(is|are)\s+not\s+(mentioned|specified|stated|given)|unknown)\b",
+    re.IGNORECASE,
+)
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[./:_-][a-z0-9]+)*")
+
+
+@dataclass
+class EvalItem:
+    id: str
+    question: str
+    answer: str | None
+    unanswerable: bool = False
+    oracle_chunk_ids: list[str] = field(default_factory=list)
+    origin: str = ""
+
+
+# --- metrics (pure) ------------------------------------------------------------------------
+
+def normalize(text: str) -> str:
+    t = text.lower().replace("`", "").replace("*", "")
+    t = re.sub(r"\s+", " ", t).strip()
+    return t.strip(" .,;:!?\"'()[]")
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = tokens(prediction), tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    ref = normalize(reference)
+    return bool(ref) and ref in normalize(prediction)
+
+
+def is_refusal(text: str) -> bool:
+    return bool(REFUSAL_RE.search(text))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    idx = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return s[idx]
+
+
+# --- questions -----------------------------------------------------------------------------
+
+def load_question_file(path: Path) -> list[EvalItem]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"Cannot read question file {path}: {err}") from None
+    groups: list[Any]
+    if isinstance(data, dict) and "questions" in data:
+        groups = data["questions"] or []
+    elif isinstance(data, list):
+        groups = data
+    else:
+        raise ConfigError(f"{path}: expected 'questions:' with a list of items or categories (see domain_questions/).")
+    items: list[EvalItem] = []
+
+    def add(item: Any) -> None:
+        if isinstance(item, str):
+            item = {"question": item}
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise ConfigError(f"{path}: every item needs a 'question' string (got {item!r})")
+        ans = item.get("answer")
+        unans = bool(item.get("unanswerable")) or ("answer" in item and ans is None)
+        qid = str(item.get("id") or f"q{len(items) + 1}")
+        items.append(EvalItem(qid, item["question"], None if ans is None else str(ans), unans, origin=str(path.name)))
+
+    for g in groups:
+        if isinstance(g, dict) and "items" in g:
+            for it in g["items"] or []:
+                add(it)
+        else:
+            add(g)
+    return items
+
+
+def load_eval_split(path: Path) -> list[EvalItem]:
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)["meta"]
+            items.append(EvalItem(str(meta.get("id") or f"row{n}"), meta["question"], meta.get("answer"),
+                                  meta.get("answer") is None, list(meta.get("oracle_chunk_ids") or []), path.name))
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path}:{n} is not a training row with meta.question; regenerate with 'raftsmith generate'.") from None
+    return items
+
+
+def default_questions(ws: Workspace) -> list[EvalItem]:
+    items: list[EvalItem] = []
+    split = ws.training_dir / f"{ws.config.corpus.name}.eval.jsonl"
+    if split.is_file():
+        items += load_eval_split(split)
+    for f in sorted((ws.root / "domain_questions").glob("*.y*ml")):
+        try:
+            holdout = bool((yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("holdout"))
+        except (yaml.YAMLError, AttributeError):
+            holdout = False
+        if holdout:
+            items += load_question_file(f)
+    if not items:
+        raise ConfigError(f"No evaluation questions: no {split} and no holdout question file in domain_questions/. "
+                          "Run 'raftsmith generate' (it writes the eval split) or pass --questions FILE.")
+    return items
+
+
+def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
+    """For items without oracle ids: the best-ranked chunk that contains the reference answer."""
+    for it in items:
+        if it.oracle_chunk_ids or not it.answer:
+            continue
+        ref = normalize(it.answer)
+        for c in engine.retrieve(f"{it.question} {it.answer}", k=10):
+            if ref and ref in normalize(c.text):
+                it.oracle_chunk_ids = [c.chunk_id]
+                break
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class EvalReport:
+    out_dir: Path
+    summary: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+
+    def table(self) -> list[dict[str, Any]]:
+        return self.summary
+
+
+def _score(item: EvalItem, res: Any) -> dict[str, Any]:
+    pred = res.answer
+    refused = bool(res.refused) or is_refusal(res.raw)
+    cited = [c.chunk_id for c in res.citations]
+    row: dict[str, Any] = {"id": item.id, "question": item.question, "reference": item.answer,
+                           "unanswerable": item.unanswerable, "answer": pred, "raw": res.raw, "refused": refused,
+                           "latency_ms": round(res.latency_ms, 1), "cited": cited, "oracle": item.oracle_chunk_ids,
+                           "retrieved": [c.chunk_id for c in res.retrieved]}
+    if not item.unanswerable and item.answer:
+        row["exact"] = exact_match(pred, item.answer)
+        row["f1"] = round(token_f1(pred, item.answer), 4)
+        row["oracle_retrieved"] = bool(set(item.oracle_chunk_ids) & set(row["retrieved"])) if item.oracle_chunk_ids else None
+        row["citation_correct"] = bool(set(cited) & set(item.oracle_chunk_ids)) if (res.rag and item.oracle_chunk_ids) else None
+    return row
+
+
+def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, Any]:
+    ans = [r for r in rows if not r["unanswerable"] and r.get("reference")]
+    una = [r for r in rows if r["unanswerable"]]
+    cit = [r for r in ans if r.get("citation_correct") is not None]
+    lat = [r["latency_ms"] for r in rows]
+
+    def rate(xs: list[Any]) -> float | None:
+        return round(sum(1 for x in xs if x) / len(xs), 4) if xs else None
+
+    return {
+        "model": model, "rag": rag, "n": len(rows), "answerable": len(ans), "unanswerable": len(una),
+        "exact": rate([r["exact"] for r in ans]), "f1": round(statistics.fmean(r["f1"] for r in ans), 4) if ans else None,
+        "citation_accuracy": rate([r["citation_correct"] for r in cit]),
+        "oracle_recall": rate([r["oracle_retrieved"] for r in ans if r.get("oracle_retrieved") is not None]) if rag else None,
+        "refusal_unanswerable": rate([r["refused"] for r in una]),
+        "false_refusal": rate([r["refused"] for r in ans]),
+        "latency_mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+        "latency_p50_ms": round(percentile(lat, 0.5), 1), "latency_p95_ms": round(percentile(lat, 0.95), 1),
+    }
+
+
+def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
+             questions: Sequence[str | Path] | None = None, out_dir: str | Path | None = None, backend: str | None = None,
+             limit: int | None = None, progress: Callable[[str], None] | bool | None = None,
+             judge: bool = False) -> EvalReport:
+    """Every question through models x rag_modes; writes results.json, report.md/.html, chart.png.
+
+    ``progress``: a callable taking one status line, True (print to stderr) or None/False.
+    """
+    if progress is True:
+        import sys
+
+        progress = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
+    items: list[EvalItem] = []
+    for q in questions or []:
+        p = ws.path(q)
+        if not p.is_file():
+            raise ConfigError(f"Question file {p} does not exist.")
+        items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
+    if not questions:
+        items = default_questions(ws)
+    if limit:
+        items = items[:limit]
+    out = Path(out_dir) if out_dir else ws.state_dir / "eval" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    engine = Answerer(ws)
+    try:
+        if any(rag_modes):
+            attach_oracles(engine, items)
+        all_rows: list[dict[str, Any]] = []
+        summary: list[dict[str, Any]] = []
+        for model in models:
+            ref, _ = engine.backend(model, backend)  # resolve (and load) before timing anything
+            for rag in rag_modes:
+                rows = []
+                for i, it in enumerate(items, start=1):
+                    if progress:
+                        progress(f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
+                    try:
+                        res = engine.answer(it.question, model=model, backend=backend, rag=rag, event="eval",
+                                            extra={"eval_item": it.id})
+                    except AuditError:
+                        raise
+                    except RaftsmithError as err:  # one failing question is a row, not the end of the run
+                        rows.append({"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
+                                     "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
+                                     "retrieved": [], "error": str(err), **({} if it.unanswerable else {"exact": False, "f1": 0.0})})
+                        continue
+                    rows.append(_score(it, res))
+                for r in rows:
+                    r.update(model=model, model_label=ref.label, rag=rag)
+                all_rows += rows
+                summary.append(summarize(rows, model, rag) | {"model_label": ref.label, "digest": ref.digest})
+    finally:
+        engine.close()
+    if judge:
+        from rag.judge import judge_rows
+
+        judge_rows(ws, all_rows)
+        for s in summary:
+            grades = [r["judge"]["score"] for r in all_rows
+                      if r["model"] == s["model"] and r["rag"] == s["rag"] and "score" in r.get("judge", {})]
+            s["judge_score"] = round(statistics.fmean(grades), 4) if grades else None
+    report = EvalReport(out, summary, all_rows)
+    write_outputs(report, ws)
+    return report
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("exact", "exact"), ("f1", "F1"),
+           ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable"),
+           ("false_refusal", "false refusals"), ("judge_score", "judge"), ("latency_p50_ms", "p50 ms")]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.2f}" if v <= 1.0 else f"{v:.0f}"
+    return str(v)
+
+
+def write_outputs(report: EvalReport, ws: Workspace) -> None:
+    out = report.out_dir
+    meta = {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "workspace": str(ws.root),
+            "corpus": ws.config.corpus.name, "backend": ws.config.chat.backend, "top_k": ws.config.chat.top_k,
+            "min_score": ws.config.chat.min_score}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": report.summary, "rows": report.rows},
+                                                 indent=2, ensure_ascii=False), encoding="utf-8")
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "---|" * len(COLUMNS)
+    body = ["| " + " | ".join(_fmt(s.get(k)) for k, _ in COLUMNS) + " |" for s in report.summary]
+    per_q = ["| model | RAG | id | reference | answer | exact | cited oracle | refused |", "|---|---|---|---|---|---|---|---|"]
+    for r in report.rows:
+        ans = str(r["answer"]).replace("|", "\\|").replace("\n", " ")[:80]
+        per_q.append(f"| {r['model']} | {_fmt(r['rag'])} | {r['id']} | {_fmt(r['reference'])} | {ans} | "
+                     f"{_fmt(r.get('exact'))} | {_fmt(r.get('citation_correct'))} | {_fmt(r['refused'])} |")
+    md = [f"# raftsmith eval: {ws.config.corpus.name}", "", f"Created {meta['created_at']}.", "", head, sep, *body, "",
+          "![metrics](chart.png)", "", "## Per question", "", *per_q, ""]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(s.get(k)))}</td>" for k, _ in COLUMNS) + "</tr>" for s in report.summary)
+    q_html = "".join(
+        f"<tr><td>{html.escape(r['model'])}</td><td>{_fmt(r['rag'])}</td><td>{html.escape(r['id'])}</td>"
+        f"<td>{html.escape(_fmt(r['reference']))}</td><td>{html.escape(str(r['answer'])[:200])}</td>"
+        f"<td>{_fmt(r.get('exact'))}</td><td>{_fmt(r.get('citation_correct'))}</td><td>{_fmt(r['refused'])}</td></tr>"
+        for r in report.rows)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>raftsmith eval</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+            f"</style></head><body><h1>raftsmith eval: {html.escape(ws.config.corpus.name)}</h1><p>Created {meta['created_at']}</p>"
+            "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in COLUMNS) + f"</tr>{rows_html}</table>"
+            "<p><img src='chart.png' alt='metrics chart'></p><h2>Per question</h2><table><tr><th>model</th><th>RAG</th><th>id</th>"
+            f"<th>reference</th><th>answer</th><th>exact</th><th>cited oracle</th><th>refused</th></tr>{q_html}</table></body></html>")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    _chart(report, out / "chart.png")
+
+
+def _chart(report: EvalReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("exact", "exact"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    n = max(1, len(report.summary))
+    width = 0.8 / n
+    for i, s in enumerate(report.summary):
+        vals = [s.get(k) or 0.0 for k, _ in metrics]
+        ax.bar([x + i * width for x in range(len(metrics))], vals, width, label=f"{s['model']} {'RAG' if s['rag'] else 'no RAG'}")
+    ax.set_xticks([x + (n - 1) * width / 2 for x in range(len(metrics))], [lbl for _, lbl in metrics])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.set_title("raftsmith eval")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

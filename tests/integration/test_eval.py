@@ -1,0 +1,46 @@
+"""``raftsmith eval`` end to end on the real backend with a small question file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _runtime_ws import make_workspace
+from click.testing import CliRunner
+
+from rag.cli.main import cli
+
+pytestmark = pytest.mark.integration
+
+QUESTIONS = """questions:
+  - category: t
+    items:
+      - {id: port, question: "Which TCP port does the Kestrel KX-7 relay listen on by default for sensor ingest?", answer: "7431"}
+      - {id: skew, question: "Which Kestrel KX-7 error code means the clock skew is above 3.5 s?", answer: "E-417"}
+      - {id: cake, unanswerable: true, question: "What is a good recipe for chocolate cake with strawberries?", answer: null}
+"""
+
+
+def test_eval_writes_json_markdown_html_and_chart(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "q.yaml").write_text(QUESTIONS)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(cli, ["eval", "--models", "base", "--rag", "--questions", str(root / "q.yaml"),
+                                   "--out", str(out), "--json", "--config", str(root / "raftsmith.yaml")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["summary"]
+    assert len(summary) == 1 and summary[0]["model"] == "base" and summary[0]["rag"] is True
+    assert summary[0]["n"] == 3 and summary[0]["answerable"] == 2 and summary[0]["unanswerable"] == 1
+    # the off-topic question retrieves nothing relevant -> raftsmith refuses without asking the model
+    assert summary[0]["refusal_unanswerable"] == 1.0
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["id"]: r for r in results["rows"]}
+    assert rows["port"]["oracle"] and rows["port"]["oracle_retrieved"] is True  # oracle found by retrieving the answer
+    assert rows["cake"]["refused"] is True and rows["cake"]["retrieved"] == []
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "| base | yes | 3 |" in md and "![metrics](chart.png)" in md
+    assert "<table>" in (out / "report.html").read_text()
+    audit = [json.loads(x) for x in (root / ".raftsmith" / "audit.jsonl").read_text().splitlines()]
+    assert [a["eval_item"] for a in audit if a["event"] == "eval"] == ["port", "skew", "cake"]

@@ -1,0 +1,90 @@
+"""Evaluation metrics and question loading, checked by hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.errors import ConfigError
+from rag.evaluate import (
+    exact_match,
+    is_refusal,
+    load_question_file,
+    normalize,
+    percentile,
+    summarize,
+    token_f1,
+)
+
+
+def test_normalize_and_exact() -> None:
+    assert normalize("  `/etc/kestrel/kx7.toml`. ") == "/etc/kestrel/kx7.toml"
+    assert exact_match("The file is `/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
+    assert exact_match("port 7431", "7431") and not exact_match("port 7432", "7431")
+    assert exact_match("Safe Mode", "safe mode") and not exact_match("anything", "")
+
+
+def test_token_f1_hand_computed() -> None:
+    assert token_f1("expired uplink certificate", "expired uplink certificate") == 1.0
+    # pred 4 tokens, ref 3, common 2 -> p=0.5 r=2/3 -> f1 = 2*0.5*0.667/1.1667 = 0.5714
+    assert token_f1("an expired TLS certificate", "expired uplink certificate") == pytest.approx(4 / 7)
+    assert token_f1("nothing", "7431") == 0.0
+    assert token_f1("10.74.0.7", "10.74.0.7") == 1.0  # an IP is one token
+
+
+def test_refusal_patterns() -> None:
+    for t in ["I don't know.", "The documents do not contain the price.", "I cannot find that.", "There is no information about it."]:
+        assert is_refusal(t), t
+    for t in ["The port is 7431.", "Run kxctl clock sync --source ntp."]:
+        assert not is_refusal(t), t
+
+
+def test_percentile() -> None:
+    assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0 and percentile([], 0.5) == 0.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 100.0], 0.95) == 100.0
+
+
+def test_question_yaml(tmp_path: Path) -> None:
+    f = tmp_path / "q.yaml"
+    f.write_text("questions:\n  - category: a\n    items:\n      - {id: x, question: 'Q1?', answer: '42'}\n"
+                 "      - {id: y, question: 'Q2?', answer: null, unanswerable: true}\n      - 'Bare question?'\n")
+    items = load_question_file(f)
+    assert [(i.id, i.answer, i.unanswerable) for i in items] == [("x", "42", False), ("y", None, True), ("q3", None, False)]
+    f.write_text("just a string")
+    with pytest.raises(ConfigError, match="questions"):
+        load_question_file(f)
+
+
+def test_summarize() -> None:
+    rows = [
+        {"unanswerable": False, "reference": "1", "exact": True, "f1": 1.0, "citation_correct": True, "oracle_retrieved": True, "refused": False, "latency_ms": 10.0},
+        {"unanswerable": False, "reference": "2", "exact": False, "f1": 0.5, "citation_correct": False, "oracle_retrieved": True, "refused": True, "latency_ms": 30.0},
+        {"unanswerable": True, "reference": None, "refused": True, "latency_ms": 20.0},
+    ]
+    s = summarize(rows, "base", True)
+    assert s["exact"] == 0.5 and s["f1"] == 0.75 and s["citation_accuracy"] == 0.5
+    assert s["refusal_unanswerable"] == 1.0 and s["false_refusal"] == 0.5 and s["oracle_recall"] == 1.0
+    assert s["latency_mean_ms"] == 20.0 and s["latency_p50_ms"] == 20.0
+
+
+def test_judge_grade_parsing() -> None:
+    from rag.judge import parse_grade
+
+    assert parse_grade('Sure. {"score": 1, "reason": "matches"}') == (1.0, "matches")
+    assert parse_grade('```json\n{"score": 0.5, "reason": "partly"}\n```') == (0.5, "partly")
+    for bad in ["no json here", '{"score": 7}', '{"score": true}', '{"reason": "x"}']:
+        with pytest.raises(ValueError):
+            parse_grade(bad)
+
+
+def test_judge_needs_a_teacher(tmp_path: Path) -> None:
+    from rag.config import init_workspace
+    from rag.judge import make_judge_client
+
+    ws = init_workspace(tmp_path / "ws")
+    with pytest.raises(ConfigError, match="teacher"):
+        make_judge_client(ws)
+    ws.config.teacher.provider = "openai-compatible"
+    with pytest.raises(ConfigError, match="base_url"):
+        make_judge_client(ws)
