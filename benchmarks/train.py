@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({
             "backend": res.backend, "family": res.family,
             "device": "cuda" if peak_vram is not None else "cpu",
-            "threads": int(os.environ.get("RAFTSMITH_TORCH_THREADS", "0") or 0) or None,
+            "threads": int(os.environ.get("RAFTSMITH_THREADS", "0") or 0) or None,
             "rows": res.train_rows, "epochs": args.epochs, "batch_size": args.batch_size,
             "tokens_per_epoch": report["tokens_per_epoch"], "train_runtime_s": report["train_runtime_s"],
             "wall_s_incl_load": round(wall, 1), "tokens_per_s": res.tokens_per_s,
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", default="0",
-                    help="torch CPU threads (RAFTSMITH_TORCH_THREADS), comma list to compare, e.g. 1,2; 0 = torch default")
+                    help="torch CPU threads (RAFTSMITH_THREADS), comma list to compare, e.g. 1,2; 0 = torch default")
     ap.add_argument("--backend", default=None, help="one backend only (hf|unsloth); default: all available")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -118,7 +118,7 @@ def main() -> None:
     for threads in [int(t) for t in str(args.threads).split(",")]:
         env = dict(os.environ)
         if threads:
-            env["RAFTSMITH_TORCH_THREADS"] = str(threads)
+            env["RAFTSMITH_THREADS"] = str(threads)
         for backend in ([args.backend] if args.backend else backends_to_run()):
             cmd = [sys.executable, __file__, "--child", "--family", args.family, "--rows", str(args.rows),
                    "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--backend", backend]

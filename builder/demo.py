@@ -73,12 +73,17 @@ def _home_workspace(root: Path, epochs: float) -> Workspace:
     cfg.raft.questions = [f"domain_questions/{SAMPLE_NAME}.yaml"]
     # The held-out paraphrases are the test; every curated question may be trained on.
     cfg.raft.eval_fraction = 0.1
+    # Small chunks and one distractor keep each RAFT row near 250 tokens: three epochs of
+    # LoRA on two CPU cores then take minutes, not the better part of an hour.
+    cfg.corpus.chunk_tokens = 64
+    cfg.corpus.chunk_overlap = 8
+    cfg.raft.n_distractors = 1
     cfg.student.family = "smollm2"
     cfg.student.epochs = epochs
     cfg.export.quantizations = ["q4_k_m"]
     cfg.export.adapter = True
     cfg.chat.backend = "llama-cpp"
-    cfg.chat.top_k = 3
+    cfg.chat.top_k = 2
     cfg.chat.max_tokens = 48
     assert ws.config_path is not None
     ws.config_path.write_text(dump_config(cfg), encoding="utf-8")

@@ -6,6 +6,7 @@ loop is what people use and what the tests drive.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TextIO
 
@@ -73,10 +74,18 @@ def run_repl(session: ChatSession, stdin: TextIO, write: Callable[[str], None], 
     """Read-eval-print until /quit or end of input. Returns the exit code."""
     ref, _ = session.engine.backend(session.model, session.backend)
     write(f"raftsmith chat - model {ref.label} via {ref.backend}, {'RAG' if session.rag else 'closed book'}. /help for commands.\n")
+    if interactive:
+        with contextlib.suppress(ImportError):  # line editing and history for input(); absent on Windows
+            import readline  # noqa: F401
     while True:
         if interactive:
-            write("you> ")
-        line = stdin.readline()
+            try:
+                line = input("you> ") + "\n"
+            except EOFError:
+                write("\n")
+                return 0
+        else:
+            line = stdin.readline()
         if not line:
             return 0
         text = line.strip()

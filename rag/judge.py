@@ -50,7 +50,8 @@ def make_judge_client(ws: Workspace) -> tuple[Any, str]:
     from rag.secrets import get_key
 
     host = re.sub(r"^\w+://", "", base_url).split("/", 1)[0].rsplit(":", 1)[0]
-    key = get_key(tc.key_name or tc.provider, required=not is_loopback_host(host)) or "not-needed"
+    # a local teacher (llama.cpp server, Ollama on loopback) needs no key: do not touch the keyring
+    key = "not-needed" if is_loopback_host(host) else get_key(tc.key_name or tc.provider)
     import openai
 
     return openai.OpenAI(base_url=base_url, api_key=key, timeout=tc.timeout_s, max_retries=2), tc.model

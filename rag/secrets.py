@@ -86,8 +86,10 @@ def keyring_get(name: str, env_var: str | None = None) -> str | None:
     import keyring
 
     def get() -> str | None:
-        usable, _ = _backend_usable()
-        return keyring.get_password(SERVICE, name) if usable else None
+        usable, kind = _backend_usable()
+        if not usable:
+            raise KeyringUnavailable(f"No usable OS keyring here ({kind}). To go on: {_fix_text(name, env_var)}.")
+        return keyring.get_password(SERVICE, name)
 
     return _with_timeout(get, "reading", name, env_var)
 

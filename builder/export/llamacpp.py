@@ -72,7 +72,12 @@ def _missing(root: Path) -> list[str]:
 
 
 def git_commit(root: Path) -> str | None:
-    """The llama.cpp commit when the copy is a git checkout (an sdist copy has none)."""
+    """The llama.cpp commit when the copy is itself a git checkout (an sdist copy has none).
+
+    Only ``root/.git`` counts: git would otherwise report the commit of any repository the
+    folder happens to sit inside (e.g. a cache inside a project checkout)."""
+    if not (root / ".git").is_dir():
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -196,9 +201,13 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
     params.ftype = ftype
     params.nthread = threads or max(1, os.cpu_count() or 1)
     tmp = dst.with_name(dst.name + ".tmp")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    from builder.export.verify import quiet_stderr
+
+    with quiet_stderr():  # llama.cpp prints one line per tensor to fd 2
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"Quantizing {src.name} to {quant} failed (llama_model_quantize returned {rc}).")
+        raise ExportError(f"Quantizing {src.name} to {quant} failed (llama_model_quantize returned {rc}); "
+                          "rerun with RAFTSMITH_DEBUG=1 to see llama.cpp's log.")
     os.replace(tmp, dst)
     return dst

@@ -87,6 +87,9 @@ def run_export(
     if not export_name or any(c in export_name for c in "/\\ "):
         raise ExportError(f"Export name {export_name!r} must be a plain folder name (no slashes or spaces).")
 
+    from builder.train.backends import quiet_libraries
+
+    quiet_libraries(progress)
     lc = llamacpp.provision()
     base = resolve_base(fam, meta["base_model"].get("request"))
     if base.sha256 != meta["base_model"]["sha256"]:
@@ -228,7 +231,9 @@ def _manifest(ws: Workspace, name: str, meta: dict[str, Any], base: BaseModel, l
         work_files.append({"path": fname, "role": role, "quantization": q, "sha256": sha256_file(p),
                            "size": p.stat().st_size})
     versions = {**library_versions(), **{f"training:{k}": v for k, v in meta.get("versions", {}).items()}}
-    versions["llama.cpp"] = lc.info()["commit"] or f"llama-cpp-python-{lc.llama_cpp_python} vendor"
+    info = lc.info()
+    versions["llama.cpp"] = info["commit"] or (
+        f"vendor/llama.cpp of llama-cpp-python {lc.llama_cpp_python} (converter sha256 {lc.converter_sha256[:12]})")
     return {
         "format": MANIFEST_FORMAT,
         "name": name,

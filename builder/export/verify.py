@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import ExportError
+from rag.prompting import build_messages
 
-PROBE = [{"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
-         {"role": "user", "content": "What is the capital of France?"}]
+# The probe speaks to the model the way raftsmith (and the Modelfile's SYSTEM) will: with the
+# system prompt it was trained under. A small model tuned hard on one domain may ramble under a
+# foreign system prompt; that is not the template/EOS failure this check exists to catch.
+PROBE = build_messages("What is the capital of France?", None)
 MAX_TOKENS = 96
 
 
@@ -40,8 +43,11 @@ class Verification:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to fd 2 from C; keep the console readable."""
+def quiet_stderr():
+    """llama.cpp logs to fd 2 from C; keep the console readable (RAFTSMITH_DEBUG=1 shows it)."""
+    if os.environ.get("RAFTSMITH_DEBUG", "") not in ("", "0"):
+        yield
+        return
     try:
         fd = os.dup(2)
     except OSError:
@@ -59,12 +65,14 @@ def _quiet_stderr():
 def load_llama(path: Path, lora: Path | None = None, n_ctx: int = 1024) -> Any:
     from llama_cpp import Llama
 
+    # RAFTSMITH_THREADS (as for training): on an oversubscribed CPU fewer threads run faster.
+    threads = int(os.environ.get("RAFTSMITH_THREADS", "0") or 0) or max(1, min(4, os.cpu_count() or 1))
     kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False, "seed": 0,
-                              "n_threads": max(1, min(4, os.cpu_count() or 1))}
+                              "n_threads": threads, "n_threads_batch": threads}
     if lora is not None:
         kwargs["lora_path"] = str(lora)
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             return Llama(**kwargs)
     except Exception as err:  # noqa: BLE001 - llama.cpp reports load failures as ValueError/RuntimeError
         what = f"{path.name} + {lora.name}" if lora else path.name
@@ -79,7 +87,7 @@ def verify_gguf(path: Path, lora: Path | None = None, expect_arch: str | None = 
     arch = meta.get("general.architecture")
     has_template = bool(meta.get("tokenizer.chat_template"))
     t0 = time.time()
-    with _quiet_stderr():
+    with quiet_stderr():
         out = llm.create_chat_completion(messages=PROBE, max_tokens=max_tokens, temperature=0.0, seed=0)
     choice = out["choices"][0]
     text = (choice["message"].get("content") or "").strip()

@@ -22,7 +22,7 @@ from typing import Any
 from builder.generate.answers import answer_messages, answer_schema, compose_teacher_row
 from builder.generate.jsonl import JsonlAppender, read_rows, repair_jsonl
 from builder.generate.plan import plan_items
-from builder.generate.quality import decontamination_report
+from builder.generate.quality import decontamination_report, verify_quotes
 from builder.generate.questions import (
     SYNTH_PROMPT_VERSION,
     Question,
@@ -384,7 +384,8 @@ class _Runner:
         content, quotes = reference_completion(
             it.question, it.answer, it.context, cot=raft.cot, quote_begin=raft.quote_begin, quote_end=raft.quote_end
         )
-        meta = _meta(it, it.answer, bool(quotes), "none", "reference", PROMPT_VERSION)
+        verified = bool(quotes) and verify_quotes(content, it.context.oracle, raft.quote_begin, raft.quote_end).ok
+        meta = _meta(it, it.answer, verified, "none", "reference", PROMPT_VERSION)
         writers[it.split].append(build_row(it, content, meta))
         self.s.new_rows += 1
 

@@ -93,14 +93,25 @@ class Backend(ABC):
         return {"need_gb": need, "free_gb": round(free_gb, 1), "total_gb": round(total_gb, 1)}
 
 
+def quiet_libraries(progress: bool) -> None:
+    """Silence transformers' own bars (rich draws ours) and a deprecation warning peft triggers."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _cpu_threads() -> None:
-    """Honour RAFTSMITH_TORCH_THREADS: on a shared/oversubscribed CPU one thread per process
+    """Honour RAFTSMITH_THREADS: on a shared/oversubscribed CPU one thread per process
     can be several times faster than torch's default (threads spin waiting on each other)."""
     import os
 
     import torch
 
-    n = int(os.environ.get("RAFTSMITH_TORCH_THREADS", "0") or 0)
+    n = int(os.environ.get("RAFTSMITH_THREADS", "0") or 0)
     if n > 0:
         torch.set_num_threads(n)
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from builder.families import Family, chat_format, get_family
 from builder.train import data as datamod
-from builder.train.backends import OOM_HELP, Backend, LoraSpec, is_oom, select_backend
+from builder.train.backends import (
+    OOM_HELP,
+    Backend,
+    LoraSpec,
+    is_oom,
+    quiet_libraries,
+    select_backend,
+)
 from builder.train.base_model import resolve_base
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
@@ -206,6 +213,7 @@ def run_train(
 
     lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"])
     t0 = time.time()
+    quiet_libraries(progress)
     try:
         model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
         enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])

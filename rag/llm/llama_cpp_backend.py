@@ -40,8 +40,11 @@ def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 409
     with _CACHE_LOCK:
         llm = _CACHE.get(key)
         if llm is None:
-            # llama.cpp's own default (half the cores) beats all cores on a busy machine
-            threads = int(os.environ.get("RAFTSMITH_THREADS", "0")) or max(1, (os.cpu_count() or 2) // 2)
+            # Token-by-token generation: llama.cpp's own default (half the cores) beats all cores
+            # on a busy machine. Prompt processing is one big batch and scales with every core.
+            env_threads = int(os.environ.get("RAFTSMITH_THREADS", "0") or 0)
+            threads = env_threads or max(1, (os.cpu_count() or 2) // 2)
+            batch_threads = env_threads or max(1, os.cpu_count() or 1)
             try:
                 with _quiet_native_stderr():  # llama.cpp logs LoRA/buffer details from C, bypassing verbose
                     llm = Llama(
@@ -49,7 +52,7 @@ def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 409
                         lora_path=key[1],
                         n_ctx=n_ctx,
                         n_threads=threads,
-                        n_threads_batch=threads,
+                        n_threads_batch=batch_threads,
                         seed=0,
                         verbose=False,
                     )
@@ -61,7 +64,7 @@ def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 409
                 del llm
                 with _quiet_native_stderr():
                     llm = Llama(model_path=key[0], lora_path=key[1], n_ctx=trained, n_threads=threads,
-                                n_threads_batch=threads, seed=0, verbose=False)
+                                n_threads_batch=batch_threads, seed=0, verbose=False)
             _CACHE[key] = llm
             _MODEL_LOCKS[id(llm)] = threading.Lock()
         return llm

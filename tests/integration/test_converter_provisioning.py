@@ -19,10 +19,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sdist_copy() -> Path:
-    """The converters extracted from the installed version's sdist (cached across runs)."""
-    lc = llamacpp.provision(env={k: v for k, v in os.environ.items() if k != "LLAMA_CPP_DIR"})
+def sdist_copy(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converters extracted from the installed version's sdist (cached across runs).
+
+    Module-scoped (runs before conftest's function-scoped isolation): point the cache at the
+    shared test cache and HOME at a temp dir here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAFTSMITH_CACHE", os.environ.get("RAFTSMITH_CACHE", str(repo_root / ".raftsmith-cache")))
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        mp.delenv("LLAMA_CPP_DIR", raising=False)
+        lc = llamacpp.provision()
     assert lc.source == "sdist"
+    # not a git checkout: no commit, even when the cache sits inside a git repository
+    assert lc.info()["commit"] is None and lc.info()["convert_hf_to_gguf_sha256"]
     return lc.root
 
 

@@ -49,7 +49,8 @@ def test_models_listed(served: tuple[str, Path]) -> None:
     ids = [m.id for m in _client(url).models.list().data]
     assert ids == ["tuned", "base", "tuned-no-rag", "base-no-rag"]
     assert url.startswith("http://127.0.0.1:")
-    assert _audit(root)[0]["event"] == "serve_start"
+    starts = [r for r in _audit(root) if r["event"] == "serve_start"]
+    assert len(starts) == 1 and starts[0]["host"] == "127.0.0.1" and starts[0]["port"] == int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def test_chat_completion_with_rag(served: tuple[str, Path]) -> None:

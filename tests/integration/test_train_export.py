@@ -144,8 +144,11 @@ BASE_MAX_RIGHT = 1  # measured: 0/10
 
 
 @pytest.fixture(scope="module")
-def trained_export(tmp_path_factory: pytest.TempPathFactory):
-    """Train through the CLI, export through the library; shared by the tests below."""
+def trained_export(tmp_path_factory: pytest.TempPathFactory, repo_root: Path):
+    """Train through the CLI, export through the library; shared by the tests below.
+
+    Module-scoped, so it runs before the function-scoped env isolation of tests/conftest.py:
+    it sets the same isolation itself (temp HOME, offline hub, the shared cache)."""
     import os
 
     from click.testing import CliRunner
@@ -154,17 +157,22 @@ def trained_export(tmp_path_factory: pytest.TempPathFactory):
     from rag.cli.main import cli
     from rag.config import init_workspace, load_workspace
 
-    # One torch thread: on a shared 2-core machine the default (2) spins and runs ~4x slower.
-    os.environ.setdefault("RAFTSMITH_TORCH_THREADS", "1")
-    root = tmp_path_factory.mktemp("facts") / "ws"
-    init_workspace(root, corpus_name="facts")
-    train, evalf = write_fact_files(root / "training_data")
-    result = CliRunner().invoke(cli, ["train", "--json", "--config", str(root / "raftsmith.yaml")],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    trained = json.loads(next(ln for ln in reversed(result.stdout.splitlines()) if ln.startswith("{")))
-    ws = load_workspace(root / "raftsmith.yaml")
-    exported = run_export(ws, progress=False)
+    # One thread: on a shared 2-core machine the default (2) spins and runs ~4-6x slower.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAFTSMITH_THREADS", os.environ.get("RAFTSMITH_THREADS", "1"))
+        mp.setenv("RAFTSMITH_CACHE", os.environ.get("RAFTSMITH_CACHE", str(repo_root / ".raftsmith-cache")))
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        root = tmp_path_factory.mktemp("facts") / "ws"
+        init_workspace(root, corpus_name="facts")
+        write_fact_files(root / "training_data")
+        result = CliRunner().invoke(cli, ["train", "--json", "--config", str(root / "raftsmith.yaml")],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        trained = json.loads(next(ln for ln in reversed(result.stdout.splitlines()) if ln.startswith("{")))
+        ws = load_workspace(root / "raftsmith.yaml")
+        exported = run_export(ws, progress=False)
     return root, trained, exported
 
 
@@ -215,8 +223,12 @@ def test_manifest_matches_files(trained_export):
     assert exported.warnings == []
 
 
-def test_tuned_and_adapter_right_where_base_is_wrong(trained_export):
+def test_tuned_and_adapter_right_where_base_is_wrong(trained_export, monkeypatch):
+    import os
+
     from builder.export.verify import load_llama
+
+    monkeypatch.setenv("RAFTSMITH_THREADS", os.environ.get("RAFTSMITH_THREADS", "1"))
 
     _, _, exported = trained_export
     d = exported.export_dir

@@ -39,7 +39,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
 
     ws = init_workspace(tmp_path / "ws", corpus_name="codes")
     (ws.training_dir / "codes.train.jsonl").write_text(_rows(8))  # batch 4 -> 2 steps per epoch
-    env = dict(os.environ, RAFTSMITH_TORCH_THREADS="1")
+    env = dict(os.environ, RAFTSMITH_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ws.config_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240

@@ -52,5 +52,9 @@ def test_extractors() -> None:
     reply = f"##begin_quote##The relay listens on 7431.##end_quote## [2] and [1, 2]\n{ANSWER_MARK} 7431"
     assert extract_answer(reply) == "7431"
     assert extract_answer("no marker here ") == "no marker here"
+    # A second marker cut off by the token limit is not part of the answer.
+    assert extract_answer(f"{ANSWER_MARK} kxctl\n<ANSW") == "kxctl"
+    assert extract_answer(f"{ANSWER_MARK} 7431 <") == "7431"
+    assert extract_answer(f"{ANSWER_MARK} a <b> c") == "a <b> c"
     assert extract_quotes(reply) == ["The relay listens on 7431."]
     assert cited_numbers(reply) == [2, 1]
