@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SAMPLE = REPO / "examples" / "kestrel"
+
+# Session-wide isolation, set before any fixture runs: module- and session-scoped fixtures
+# start before the per-test fixture below, and the keyring picks its backend once per
+# process. Nothing a test does may reach the developer's real home, keyring or the hub.
+_SESSION_HOME = tempfile.mkdtemp(prefix="raftsmith-test-home-")
+os.environ["HOME"] = _SESSION_HOME
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("RAFTSMITH_CACHE", str(REPO / ".raftsmith-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +45,14 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     for var in ("OPENROUTER_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
+    # Tests that swap the keyring backend restore it; this makes sure each test starts on null.
+    import keyring
+    from keyring.backends.null import Keyring as NullKeyring
+
+    keyring.set_keyring(NullKeyring())
     # Shared, expensive caches (HF folder of SmolLM2 built from the GGUF, llama.cpp sources)
     # stay outside the temp home so they are built once per machine.
-    monkeypatch.setenv("RAFTSMITH_CACHE", os.environ.get("RAFTSMITH_CACHE", str(REPO / ".raftsmith-cache")))
+    monkeypatch.setenv("RAFTSMITH_CACHE", os.environ["RAFTSMITH_CACHE"])
 
 
 @pytest.fixture(scope="session")

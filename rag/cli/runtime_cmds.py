@@ -76,7 +76,7 @@ def chat_cmd(model: str | None, backend: str | None, no_rag: bool, k: int | None
 
     ws = load_workspace(config_path)
     session = ChatSession(ws, model=model, backend=backend, rag=not no_rag, k=k)
-    stdin = click.get_text_stream("stdin")
+    stdin = click.get_text_stream("stdin")  # type: ignore[operator]  # click 8.5 stubs
 
     def write(text: str) -> None:
         click.echo(text, nl=False)

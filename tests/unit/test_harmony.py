@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from builder.families import CHAT_FORMATS, get_family
 from builder.train import harmony
-from rag.prompting import build_messages
+from rag.prompting import SYSTEM_PROMPT, build_messages
 from rag.types import Chunk
 
 SYSTEM_BLOCK = (
@@ -68,6 +68,6 @@ def test_a_real_rag_row_renders_and_the_registry_points_to_harmony():
     msgs = build_messages("Which port?", [chunk]) + [
         {"role": "assistant", "content": "##begin_quote##The gateway listens on 7431.##end_quote## [1]\n<ANSWER>: 7431"}]
     out = harmony.render(msgs)
-    assert out.count("<|start|>developer<|message|># Instructions\n\nYou are a precise domain assistant.") == 1
+    assert out.count(f"<|start|>developer<|message|># Instructions\n\n{SYSTEM_PROMPT}") == 1
     assert '<document id="1" source="docs/a.md" title="Ports">' in out
     assert out.endswith("<|channel|>final<|message|><ANSWER>: 7431<|return|>")
