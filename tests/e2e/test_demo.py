@@ -56,9 +56,11 @@ def _exact(result: dict, model: str, rag: bool) -> float:
 def test_tuned_beats_base_on_heldout_paraphrases(demo_out: Path) -> None:
     result = _result(demo_out)
     tuned, base = _exact(result, "tuned", True), _exact(result, "base", True)
-    # Measured on this machine class: tuned 0.50 vs base 0.25 exact over 20 paraphrases.
-    assert tuned > base, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
-    assert tuned >= 0.35
+    # Measured on this machine class (2 runs of the default demo): tuned 0.40 vs base 0.15
+    # exact over 20 paraphrases. The floor leaves two questions of slack for float
+    # differences between CPUs; the margin over base is the promise.
+    assert tuned >= base + 0.10, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
+    assert tuned >= 0.30
 
 
 def test_every_stage_ran_for_real(demo_out: Path) -> None:
