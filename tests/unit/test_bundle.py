@@ -248,23 +248,7 @@ def test_live_env_secret_refused(ws: Workspace, tmp_path: Path, monkeypatch: pyt
 def test_keyring_secret_refused(ws: Workspace, tmp_path: Path) -> None:
     """A key stored with 'raftsmith keys set' is refused wherever it appears, shape or not."""
     import keyring
-    from keyring.backend import KeyringBackend
-
-    class MemoryKeyring(KeyringBackend):  # a real backend through keyring's plugin API
-        priority = 1  # type: ignore[assignment]
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.store: dict[tuple[str, str], str] = {}
-
-        def get_password(self, service: str, username: str) -> str | None:
-            return self.store.get((service, username))
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            self.store[(service, username)] = password
-
-        def delete_password(self, service: str, username: str) -> None:
-            self.store.pop((service, username), None)
+    from keyring_double import MemoryKeyring
 
     from rag.secrets import set_key
 

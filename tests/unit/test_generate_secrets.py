@@ -7,34 +7,11 @@ import time
 import keyring
 import pytest
 from click.testing import CliRunner
-from keyring.backend import KeyringBackend
+from keyring_double import MemoryKeyring
 
 from rag import secrets
 from rag.cli.main import cli
 from rag.errors import KeyringUnavailable
-
-
-class MemoryKeyring(KeyringBackend):
-    """An in-process keyring backend (the OS keyring cannot run in CI)."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.store.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.store[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        from keyring.errors import PasswordDeleteError
-
-        if (service, username) not in self.store:
-            raise PasswordDeleteError("missing")
-        del self.store[(service, username)]
 
 
 class HangingKeyring(MemoryKeyring):
