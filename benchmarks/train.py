@@ -6,6 +6,12 @@ Each measured run happens in its own subprocess (clean peak-memory numbers) thro
     python benchmarks/train.py                      # CPU (and CUDA backends when present)
     python benchmarks/train.py --threads 1 --epochs 1
     python benchmarks/train.py --family qwen        # on a GPU box with the model available
+    python benchmarks/train.py --data training_data/sample-kestrel.train.jsonl --rows 24 \
+        --variants stock,gathered,top15                 # the CPU speed-ups, side by side
+
+Variants: ``gathered`` is the default trainer (the output layer runs on answer positions
+only, builder/train/loss.py); ``stock`` forces transformers' full-logits loss for comparison;
+``topN`` adds ``student.lora.top_layers = N``.
 """
 
 from __future__ import annotations
@@ -52,7 +58,17 @@ def child(args: argparse.Namespace) -> None:
         ws.config.student.family = args.family
         ws.config.student.batch_size = args.batch_size
         train = ws.training_dir / "bench.train.jsonl"
-        train.write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.rows)))
+        if args.data:
+            lines = [ln for ln in Path(args.data).read_text(encoding="utf-8").splitlines() if ln.strip()]
+            train.write_text("".join(ln + "\n" for ln in lines[: args.rows]))
+        else:
+            train.write_text("".join(json.dumps(r) + "\n" for r in make_rows(args.rows)))
+        if args.variant == "stock":
+            import builder.train.loss as loss_mod
+
+            loss_mod.supports_gathered_loss = lambda model: False  # the reference path, for comparison
+        elif args.variant.startswith("top"):
+            ws.config.student.lora.top_layers = int(args.variant[3:])
         peak_vram = None
         try:
             import torch
@@ -68,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
             peak_vram = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         report = json.loads(res.report_path.read_text())
         print(json.dumps({
-            "backend": res.backend, "family": res.family,
+            "backend": res.backend, "family": res.family, "variant": args.variant,
             "device": "cuda" if peak_vram is not None else "cpu",
             "threads": int(os.environ.get("RAFTSMITH_THREADS", "0") or 0) or None,
             "rows": res.train_rows, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -108,6 +124,9 @@ def main() -> None:
     ap.add_argument("--threads", default="0",
                     help="torch CPU threads (RAFTSMITH_THREADS), comma list to compare, e.g. 1,2; 0 = torch default")
     ap.add_argument("--backend", default=None, help="one backend only (hf|unsloth); default: all available")
+    ap.add_argument("--data", default=None, help="JSONL training rows to use (default: synthetic closed-book rows)")
+    ap.add_argument("--variants", default="gathered", help="comma list: gathered, stock, topN (see above)")
+    ap.add_argument("--variant", default="gathered", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,22 +139,26 @@ def main() -> None:
         if threads:
             env["RAFTSMITH_THREADS"] = str(threads)
         for backend in ([args.backend] if args.backend else backends_to_run()):
-            cmd = [sys.executable, __file__, "--child", "--family", args.family, "--rows", str(args.rows),
-                   "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--backend", backend]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                runs.append({"backend": backend, "threads": threads,
-                             "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
-                continue
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    by = {r["backend"]: r for r in runs if "tokens_per_s" in r}
+            for variant in args.variants.split(","):
+                cmd = [sys.executable, __file__, "--child", "--family", args.family, "--rows", str(args.rows),
+                       "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--backend", backend,
+                       "--variant", variant] + (["--data", str(Path(args.data).resolve())] if args.data else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    runs.append({"backend": backend, "threads": threads, "variant": variant,
+                                 "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+                    continue
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    by = {r["backend"]: r for r in runs if "tokens_per_s" in r and r.get("variant") == "gathered"}
+    var = {r["variant"]: r["tokens_per_s"] for r in runs if "tokens_per_s" in r and r["backend"] == "hf"}
+    vs_stock = {v: round(t / var["stock"], 2) for v, t in var.items()} if "stock" in var else None
     speedup = (round(by["unsloth"]["tokens_per_s"] / by["hf"]["tokens_per_s"], 2)
                if "unsloth" in by and "hf" in by and by["hf"]["device"] == "cuda" else None)
     result = {
         "benchmark": "train", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()},
-        "runs": runs, "unsloth_vs_hf_tokens_per_s": speedup,
+        "runs": runs, "unsloth_vs_hf_tokens_per_s": speedup, "hf_tokens_per_s_vs_stock": vs_stock,
         "notes": "tokens_per_s = tokens per epoch x epochs / trainer runtime (padding excluded); "
                  "peak_rss_mb includes loading the model; the CPU is shared, see load_avg.",
     }

@@ -243,7 +243,7 @@ def _sqlite_backup(src: Path, dst: Path) -> None:
 def _embedding_sources(ws: Workspace) -> list[_Source]:
     from rag.index.embedder import resolve_model_dir
 
-    root = resolve_model_dir(ws.config.embedding)
+    root = resolve_model_dir(ws.config.embedding, ws.root)
     sources = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)

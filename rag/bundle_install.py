@@ -60,7 +60,7 @@ def _make_parents(parent: Path) -> list[Path]:
     return missing
 
 
-def _configure(root: Path, final: Path, manifest: BundleManifest) -> Path:
+def _configure(root: Path, manifest: BundleManifest) -> Path:
     """Rewrite raftsmith.yaml for this machine: llama-cpp backend, bundled index/model/export."""
     cfg_path = root / CONFIG_MEMBER
     try:
@@ -75,9 +75,8 @@ def _configure(root: Path, final: Path, manifest: BundleManifest) -> Path:
     if any(p.startswith("index/") for p in paths):
         cfg.index.path = "index"
     if any(p.startswith("embedding/") for p in paths):
-        # Absolute: resolve_model_dir() reads embedding.model relative to the current folder,
-        # and the workspace must work from anywhere.
-        cfg.embedding.model = str(final / "embedding")
+        # Relative to the workspace root: the installed folder keeps working when it is moved.
+        cfg.embedding.model = "embedding"
         _rehome_index(root / "index", str(manifest.raw.get("embedding_model") or "default"), cfg.embedding.model)
     audit = Path(cfg.audit.path)
     if audit.is_absolute() or ".." in audit.parts or cfg.audit.path.startswith("~"):
@@ -133,7 +132,7 @@ def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
         manifest, total, bundle_sha = extract_verified(src.absolute(), tmp, progress)
         (tmp / STATE_DIR).mkdir(exist_ok=True)
         (tmp / STATE_MANIFEST).write_text(json.dumps(manifest.raw, indent=1, sort_keys=True), encoding="utf-8")
-        _configure(tmp, dest, manifest)
+        _configure(tmp, manifest)
         os.chmod(tmp, 0o755)
         if existed:
             dest.rmdir()

@@ -4,7 +4,11 @@ Questions come from the eval split (training_data/<corpus>.eval.jsonl, rows carr
 chunk ids) and/or question YAML files (items with ``unanswerable: true`` / ``answer: null``
 expect a refusal). Metrics per (model, mode):
 
-* exact: the normalized reference answer is contained in the extracted answer;
+* exact: the extracted answer equals the reference after SQuAD-style normalization (case,
+  punctuation, articles and spacing ignored), so "<ANSWER>: 7431" counts and a paragraph
+  that happens to contain 7431 does not;
+* contains: the normalized reference appears somewhere in the extracted answer (lenient:
+  a model that rambles over the context scores here without answering);
 * f1: token F1 between the extracted answer and the reference (SQuAD style);
 * citation accuracy: a cited chunk is an oracle chunk (eval split ids, or for YAML items the
   best-ranked chunk that contains the reference answer);
@@ -75,7 +79,21 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def _squad_tokens(text: str) -> list[str]:
+    """Lowercase word pieces with punctuation dropped inside them and articles removed."""
+    words = re.sub(r"[^\w\s]", "", text.lower().replace("`", "")).split()
+    return [w for w in words if w not in _ARTICLES]
+
+
 def exact_match(prediction: str, reference: str) -> bool:
+    ref = _squad_tokens(reference)
+    return bool(ref) and _squad_tokens(prediction) == ref
+
+
+def contains_match(prediction: str, reference: str) -> bool:
     ref = normalize(reference)
     return bool(ref) and ref in normalize(prediction)
 
@@ -193,6 +211,7 @@ def _score(item: EvalItem, res: Any) -> dict[str, Any]:
                            "retrieved": [c.chunk_id for c in res.retrieved]}
     if not item.unanswerable and item.answer:
         row["exact"] = exact_match(pred, item.answer)
+        row["contains"] = contains_match(pred, item.answer)
         row["f1"] = round(token_f1(pred, item.answer), 4)
         row["oracle_retrieved"] = bool(set(item.oracle_chunk_ids) & set(row["retrieved"])) if item.oracle_chunk_ids else None
         row["citation_correct"] = bool(set(cited) & set(item.oracle_chunk_ids)) if (res.rag and item.oracle_chunk_ids) else None
@@ -210,7 +229,7 @@ def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, An
 
     return {
         "model": model, "rag": rag, "n": len(rows), "answerable": len(ans), "unanswerable": len(una),
-        "exact": rate([r["exact"] for r in ans]), "f1": round(statistics.fmean(r["f1"] for r in ans), 4) if ans else None,
+        "exact": rate([r["exact"] for r in ans]), "contains": rate([r.get("contains") for r in ans]), "f1": round(statistics.fmean(r["f1"] for r in ans), 4) if ans else None,
         "citation_accuracy": rate([r["citation_correct"] for r in cit]),
         "oracle_recall": rate([r["oracle_retrieved"] for r in ans if r.get("oracle_retrieved") is not None]) if rag else None,
         "refusal_unanswerable": rate([r["refused"] for r in una]),
@@ -218,6 +237,52 @@ def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, An
         "latency_mean_ms": round(statistics.fmean(lat), 1) if lat else None,
         "latency_p50_ms": round(percentile(lat, 0.5), 1), "latency_p95_ms": round(percentile(lat, 0.95), 1),
     }
+
+
+def load_items(ws: Workspace, questions: Sequence[str | Path] | None = None, limit: int | None = None) -> list[EvalItem]:
+    """Items from question YAML / eval JSONL files, or the workspace's default eval questions."""
+    items: list[EvalItem] = []
+    for q in questions or []:
+        p = ws.path(q)
+        if not p.is_file():
+            raise ConfigError(f"Question file {p} does not exist.")
+        items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
+    if not questions:
+        items = default_questions(ws)
+    return items[:limit] if limit else items
+
+
+def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = None,
+                     modes: Sequence[str] = ("dense", "bm25", "hybrid")) -> dict[str, Any]:
+    """Recall@k of each retrieval mode over the answerable items, with no model involved.
+
+    A question counts as found when one of its top-k chunks is an oracle chunk (eval split
+    rows) or contains the normalized reference answer (question YAML items). This is the
+    ceiling RAG answers can reach with ``chat.top_k = k``: measure it on your own question
+    set to choose ``chat.mode``.
+    """
+    from rag.retrieve import Retriever
+
+    k = k or ws.config.chat.top_k
+    answerable = [it for it in items if not it.unanswerable and it.answer]
+    if not answerable:
+        raise ConfigError("No answerable questions to measure retrieval with; give a question file with answers.")
+    retriever = Retriever.from_workspace(ws)
+    try:
+        recall: dict[str, float] = {}
+        for mode in modes:
+            results = retriever.search_many([it.question for it in answerable], k=k, mode=mode)
+            found = 0
+            for it, chunks in zip(answerable, results, strict=True):
+                ref = normalize(it.answer or "")
+                ids = {c.chunk_id for c in chunks}
+                if set(it.oracle_chunk_ids) & ids or (ref and any(ref in normalize(c.text) for c in chunks)):
+                    found += 1
+            recall[mode] = round(found / len(answerable), 4)
+    finally:
+        retriever.close()
+    best = max(recall, key=lambda m: (recall[m], m == "hybrid"))  # ties go to hybrid
+    return {"k": k, "questions": len(answerable), "recall": recall, "best": best}
 
 
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
@@ -232,16 +297,7 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
         import sys
 
         progress = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
-    items: list[EvalItem] = []
-    for q in questions or []:
-        p = ws.path(q)
-        if not p.is_file():
-            raise ConfigError(f"Question file {p} does not exist.")
-        items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
-    if not questions:
-        items = default_questions(ws)
-    if limit:
-        items = items[:limit]
+    items = load_items(ws, questions, limit)
     out = Path(out_dir) if out_dir else ws.state_dir / "eval" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     engine = Answerer(ws)
@@ -265,7 +321,7 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
                     except RaftsmithError as err:  # one failing question is a row, not the end of the run
                         rows.append({"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
                                      "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
-                                     "retrieved": [], "error": str(err), **({} if it.unanswerable else {"exact": False, "f1": 0.0})})
+                                     "retrieved": [], "error": str(err), **({} if it.unanswerable else {"exact": False, "contains": False, "f1": 0.0})})
                         continue
                     rows.append(_score(it, res))
                 for r in rows:
@@ -289,8 +345,8 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
 
 # --- outputs -------------------------------------------------------------------------------
 
-COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("exact", "exact"), ("f1", "F1"),
-           ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable"),
+COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("exact", "exact"), ("contains", "contains"),
+           ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable"),
            ("false_refusal", "false refusals"), ("judge_score", "judge"), ("latency_p50_ms", "p50 ms")]
 
 
@@ -344,7 +400,7 @@ def _chart(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("exact", "exact"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
+    metrics = [("exact", "exact"), ("contains", "contains"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
     fig, ax = plt.subplots(figsize=(8, 4))
     n = max(1, len(report.summary))
     width = 0.8 / n

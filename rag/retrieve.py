@@ -45,9 +45,10 @@ class Retriever:
     #: candidates taken from each ranker before fusion (at least this many, or 4 * k)
     fusion_depth = 50
 
-    def __init__(self, index_dir: Path, embedding: EmbeddingConfig):
+    def __init__(self, index_dir: Path, embedding: EmbeddingConfig, root: Path | None = None):
         self.index_dir = Path(index_dir)
         self._embedding_cfg = embedding
+        self._root = root
         self.store = IndexStore(self.index_dir, readonly=True)
         self._embedder: Any = None
         self._faiss: Any = None
@@ -62,7 +63,7 @@ class Retriever:
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> Retriever:
-        return cls(ws.index_dir, ws.config.embedding)
+        return cls(ws.index_dir, ws.config.embedding, ws.root)
 
     # --- lazy heavy parts -----------------------------------------------------------------
     @property
@@ -70,7 +71,7 @@ class Retriever:
         if self._embedder is None:
             from rag.index.embedder import load_embedder
 
-            self._embedder = load_embedder(self._embedding_cfg)
+            self._embedder = load_embedder(self._embedding_cfg, self._root)
         return self._embedder
 
     def _index(self) -> Any:

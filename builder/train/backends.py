@@ -36,6 +36,27 @@ class LoraSpec:
     dropout: float
     rslora: bool
     target_modules: list[str]
+    top_layers: int | None = None
+
+    def layers_to_transform(self, n_layers: int) -> list[int] | None:
+        """The layer indices LoRA goes on: all (None) or the top ``top_layers``."""
+        if self.top_layers is None:
+            return None
+        if self.top_layers > n_layers:
+            raise TrainingError(
+                f"student.lora.top_layers is {self.top_layers} but the model has {n_layers} layers; "
+                f"set it to at most {n_layers}, or remove it to adapt every layer."
+            )
+        return list(range(n_layers - self.top_layers, n_layers))
+
+
+def _n_layers(model: Any) -> int:
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise TrainingError("student.lora.top_layers needs a model whose config names num_hidden_layers; remove the setting.")
+    return n
 
 
 def cuda_available() -> bool:
@@ -145,8 +166,10 @@ class HFBackend(Backend):
             # CPU: fp32 weights; half precision on CPU is slow and numerically fragile for LoRA.
             _cpu_threads()
             model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        layers = lora.layers_to_transform(_n_layers(model)) if lora.top_layers else None
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_rslora=lora.rslora,
-                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+                         target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                         layers_to_transform=layers)
         return get_peft_model(model, cfg), tokenizer
 
 
@@ -168,8 +191,9 @@ class UnslothBackend(Backend):
             model_name=base_path, max_seq_length=max_seq_len, load_in_4bit=True, dtype=None
         )
         _ensure_pad(tokenizer)
+        layers = lora.layers_to_transform(_n_layers(model)) if lora.top_layers else None
         model = FastLanguageModel.get_peft_model(
-            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            model, layers_to_transform=layers, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules), use_rslora=lora.rslora, bias="none",
             use_gradient_checkpointing="unsloth", random_state=seed, max_seq_length=max_seq_len,
         )

@@ -28,6 +28,7 @@ from builder.train.backends import (
     select_backend,
 )
 from builder.train.base_model import resolve_base
+from builder.train.loss import make_trainer_class
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
 from rag.errors import TrainingError
@@ -116,6 +117,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "dropout": lo.dropout,
         "rslora": lo.rslora,
         "target_modules": list(lo.target_modules or family.target_modules),
+        "top_layers": lo.top_layers,
         "lr": st.lr or family.lr,
         "epochs": float(epochs),
         "batch_size": st.batch_size,
@@ -211,7 +213,7 @@ def run_train(
     write_json_atomic(run_dir / RUN_FILE, meta)
     (runs_root(ws) / LATEST).write_text(run_dir.name + "\n")
 
-    lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"])
+    lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"], hp.get("top_layers"))
     t0 = time.time()
     quiet_libraries(progress)
     try:
@@ -305,7 +307,9 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     callbacks = [make_progress_callback(total)] if progress else []
-    trainer = Trainer(
+    # The hf backend trains with the gathered assistant-only loss; Unsloth brings its own fused one.
+    trainer_cls = make_trainer_class() if be.name == "hf" else Trainer
+    trainer = trainer_cls(
         model=model, args=args, data_collator=datamod.collate(pad),
         train_dataset=datamod.TokenDataset(enc_train),
         eval_dataset=datamod.TokenDataset(enc_eval) if has_eval and enc_eval is not None else None,

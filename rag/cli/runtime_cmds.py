@@ -213,6 +213,21 @@ def serve_cmd(host: str, port: int, allow_remote: bool, offline: bool, config_pa
         server.engine.close()
 
 
+def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k: int | None, as_json: bool) -> None:
+    from rag.evaluate import load_items, retrieval_recall
+
+    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k)
+    if as_json:
+        print_json(rep)
+        return
+    click.echo(f"Retrieval recall@{rep['k']} over {rep['questions']} answerable questions (chat.mode is "
+               f"{ws.config.chat.mode}):")
+    for mode, value in rep["recall"].items():
+        click.echo(f"  {mode:<7} {value:.2f}{'  <- best' if mode == rep['best'] else ''}")
+    if rep["best"] != ws.config.chat.mode:
+        click.echo(f"Set chat.mode: {rep['best']} in raftsmith.yaml to use the best mode for these questions.")
+
+
 @click.command("eval")
 @click.option("--models", default="base,tuned", show_default=True, help="Comma-separated: base, tuned, export names.")
 @click.option("--rag/--no-rag", "rag", default=None, help="Only with (or only without) retrieval; default: both.")
@@ -224,17 +239,24 @@ def serve_cmd(host: str, port: int, allow_remote: bool, offline: bool, config_pa
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Report folder (default: .raftsmith/eval/<timestamp>).")
 @click.option("--judge", is_flag=True, help="Also grade answers with the teacher LLM (needs teacher.* configured and online).")
+@click.option("--retrieval", "retrieval_only", is_flag=True,
+              help="Only measure retrieval: recall@k of dense, bm25 and hybrid on the questions (no model runs).")
+@click.option("--k", "k", type=click.IntRange(1, 100), default=None, help="k for --retrieval (default: chat.top_k).")
 @click.option("--json", "as_json", is_flag=True)
 @_offline_option
 @config_option
 @handle_errors
 def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
-             out_dir: str | None, judge: bool, as_json: bool, offline: bool, config_path: str | None) -> None:
+             out_dir: str | None, judge: bool, retrieval_only: bool, k: int | None, as_json: bool, offline: bool,
+             config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
     from rag.evaluate import COLUMNS, _fmt, run_eval
     from rag.netguard import maybe_offline
 
     ws = load_workspace(config_path)
+    if retrieval_only:
+        _retrieval_report(ws, list(questions) or None, limit, k, as_json)
+        return
     modes = [True, False] if (both or rag is None) else [rag]
     names = [m.strip() for m in models.split(",") if m.strip()]
     say: Callable[[str], None] | None = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))

@@ -33,11 +33,12 @@ class TextEmbedder(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-def resolve_model_dir(cfg: EmbeddingConfig) -> Path:
+def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
     """The local folder holding the embedding model (what a bundle copies).
 
-    'default' -> the packaged MiniLM; a folder -> itself; a hub id -> its snapshot in the
-    local Hugging Face cache (never downloaded here: the laptop is offline).
+    'default' -> the packaged MiniLM; a folder -> itself (a relative folder is looked up
+    under the workspace ``root`` first, so an installed bundle can be moved); a hub id ->
+    its snapshot in the local Hugging Face cache (never downloaded here: the laptop is offline).
     """
     name = cfg.model
     if name in ("", "default"):
@@ -45,6 +46,8 @@ def resolve_model_dir(cfg: EmbeddingConfig) -> Path:
 
         return minilm_dir()
     p = Path(name).expanduser()
+    if root is not None and not p.is_absolute() and (root / p).is_dir():
+        p = root / p
     if p.is_dir():
         if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
             raise ConfigError(
@@ -145,9 +148,9 @@ _CACHE: dict[tuple[str, str, int], SentenceEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_embedder(cfg: EmbeddingConfig) -> SentenceEmbedder:
-    """Load (once per process) the embedder named by ``cfg``."""
-    model_dir = resolve_model_dir(cfg)
+def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> SentenceEmbedder:
+    """Load (once per process) the embedder named by ``cfg`` (relative folders: under ``root``)."""
+    model_dir = resolve_model_dir(cfg, root)
     key = (str(model_dir), cfg.device, cfg.batch_size)
     with _CACHE_LOCK:
         emb = _CACHE.get(key)

@@ -155,7 +155,7 @@ class _Ingestor:
         if self._embedder is None:
             from rag.index.embedder import load_embedder
 
-            self._embedder = load_embedder(self.cfg.embedding)
+            self._embedder = load_embedder(self.cfg.embedding, self.ws.root)
         return self._embedder
 
     @property

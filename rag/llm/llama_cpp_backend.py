@@ -26,6 +26,23 @@ _CACHE_LOCK = threading.Lock()
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
 
 
+def physical_cores() -> int:
+    """Physical cores (psutil when installed), else half the logical CPUs as llama.cpp assumes.
+
+    On a 2-vCPU machine token generation ran 126 tokens/s on 2 threads vs 78 on 1
+    (SmolLM2-135M Q4_K_M), so guessing "half" where the cores are not hyperthreads costs 1.6x.
+    """
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return max(1, int(n))
+    except Exception:  # noqa: BLE001 - psutil missing or unable to read the topology
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 4096) -> Any:
     """Load (once) a GGUF with an optional LoRA adapter GGUF; n_ctx is capped at the trained length."""
     try:
@@ -40,10 +57,10 @@ def load_llama(model_path: Path, lora_path: Path | None = None, n_ctx: int = 409
     with _CACHE_LOCK:
         llm = _CACHE.get(key)
         if llm is None:
-            # Token-by-token generation: llama.cpp's own default (half the cores) beats all cores
-            # on a busy machine. Prompt processing is one big batch and scales with every core.
+            # Token-by-token generation runs best on one thread per physical core (hyperthread
+            # siblings only contend); prompt processing is one big batch and uses every core.
             env_threads = int(os.environ.get("RAFTSMITH_THREADS", "0") or 0)
-            threads = env_threads or max(1, (os.cpu_count() or 2) // 2)
+            threads = env_threads or physical_cores()
             batch_threads = env_threads or max(1, os.cpu_count() or 1)
             try:
                 with _quiet_native_stderr():  # llama.cpp logs LoRA/buffer details from C, bypassing verbose

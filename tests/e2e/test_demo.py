@@ -46,21 +46,33 @@ def _result(out: Path) -> dict:
     return json.loads((out / "demo.json").read_text())
 
 
-def _exact(result: dict, model: str, rag: bool) -> float:
+def _metric(result: dict, model: str, rag: bool, key: str) -> float:
     for row in result["eval"]["summary"]:
         if row["model"] == model and row["rag"] is rag:
-            return float(row["exact"] or 0.0)
+            return float(row[key] or 0.0)
     raise AssertionError(f"no eval row for {model} rag={rag}")
 
 
 def test_tuned_beats_base_on_heldout_paraphrases(demo_out: Path) -> None:
     result = _result(demo_out)
-    tuned, base = _exact(result, "tuned", True), _exact(result, "base", True)
-    # Measured on this machine class (2 runs of the default demo): tuned 0.40 vs base 0.15
-    # exact over 20 paraphrases. The floor leaves two questions of slack for float
-    # differences between CPUs; the margin over base is the promise.
-    assert tuned >= base + 0.10, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
-    assert tuned >= 0.30
+    tuned, base = _metric(result, "tuned", True, "exact"), _metric(result, "base", True, "exact")
+    # Measured on this machine class: tuned 0.65 vs base 0.00 exact (SQuAD-normalized whole
+    # answer) over 20 paraphrases, F1 0.65 vs 0.13. The floors leave four questions of slack
+    # for float differences between CPUs; the margin over base is the promise.
+    assert tuned >= base + 0.30, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
+    assert tuned >= 0.45
+    assert _metric(result, "tuned", True, "f1") >= _metric(result, "base", True, "f1") + 0.20
+    # The lenient metric (reference anywhere in the reply) must not drop with tuning either.
+    assert _metric(result, "tuned", True, "contains") >= _metric(result, "base", True, "contains") - 0.10
+
+
+def test_retrieval_mode_chosen_on_training_questions(demo_out: Path) -> None:
+    result = _result(demo_out)
+    rep = result["retrieval"]
+    assert rep["questions"] == 50 and rep["k"] == 2  # the curated set, never the held-out file
+    assert rep["recall"][rep["best"]] == max(rep["recall"].values())
+    laptop_cfg = (demo_out / "laptop" / "raftsmith.yaml").read_text()
+    assert f"mode: {rep['best']}" in laptop_cfg  # the choice travelled in the bundle
 
 
 def test_every_stage_ran_for_real(demo_out: Path) -> None:

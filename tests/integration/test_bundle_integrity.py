@@ -341,9 +341,15 @@ def test_installed_bundle_searches_and_answers(sample_workspace: Path, smollm2_g
     install_bundle(out, dest, progress=False)
     ws2 = load_workspace(dest / "raftsmith.yaml")
     assert ws2.index_dir == dest / "index"
-    assert Path(ws2.config.embedding.model) == dest / "embedding"
+    assert ws2.config.embedding.model == "embedding"
     assert (dest / "embedding" / "model.safetensors").is_file()
     assert ws2.config.chat.backend == "llama-cpp"
+    # The installed workspace is self-contained: moving the folder keeps it working.
+    moved = tmp_path / "moved" / "kestrel"
+    moved.parent.mkdir()
+    shutil.move(str(dest), str(moved))
+    dest = moved
+    ws2 = load_workspace(dest / "raftsmith.yaml")
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

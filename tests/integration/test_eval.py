@@ -44,3 +44,40 @@ def test_eval_writes_json_markdown_html_and_chart(tmp_path: Path) -> None:
     assert "<table>" in (out / "report.html").read_text()
     audit = [json.loads(x) for x in (root / ".raftsmith" / "audit.jsonl").read_text().splitlines()]
     assert [a["eval_item"] for a in audit if a["event"] == "eval"] == ["port", "skew", "cake"]
+
+
+RECALL_QUESTIONS = """questions:
+  - category: t
+    items:
+      - {id: port, question: "Which TCP port does the Kestrel KX-7 relay listen on by default for sensor ingest?", answer: "7431"}
+      - {id: skew, question: "Which Kestrel KX-7 error code means the clock skew is above 3.5 s?", answer: "E-417"}
+      - {id: ghost, question: "What is the serial number of the ghost relay?", answer: "ZX-0000-NOT-IN-CORPUS"}
+      - {id: cake, unanswerable: true, question: "What is a good recipe for chocolate cake?", answer: null}
+"""
+
+
+def test_eval_retrieval_measures_recall_per_mode_without_a_model(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "q.yaml").write_text(RECALL_QUESTIONS)
+    args = ["eval", "--retrieval", "--questions", str(root / "q.yaml"), "--k", "5", "--config", str(root / "raftsmith.yaml")]
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    # three answerable questions; the answer of one appears nowhere, so no mode can find it
+    assert rep["k"] == 5 and rep["questions"] == 3
+    assert set(rep["recall"]) == {"dense", "bm25", "hybrid"}
+    assert all(0.0 <= v <= 0.6667 for v in rep["recall"].values())  # rounded to 4 places
+    assert rep["recall"]["bm25"] == pytest.approx(2 / 3, abs=1e-3)  # exact-term questions: BM25 finds both
+    assert rep["recall"][rep["best"]] == max(rep["recall"].values())
+    assert not (root / ".raftsmith" / "audit.jsonl").exists()  # no model was asked anything
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0 and "<- best" in text.output and "recall@5 over 3" in text.output
+
+
+def test_eval_retrieval_needs_answerable_questions(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "q.yaml").write_text("questions:\n  - category: t\n    items:\n"
+                                 "      - {id: cake, unanswerable: true, question: \"Cake?\", answer: null}\n")
+    res = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "q.yaml"),
+                                   "--config", str(root / "raftsmith.yaml")])
+    assert res.exit_code != 0 and "answerable" in res.output

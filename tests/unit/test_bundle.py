@@ -284,7 +284,7 @@ def test_install_layout_config_and_audit(bundle: Path, tmp_path: Path) -> None:
     assert ws2.config.chat.backend == "llama-cpp"
     assert ws2.index_dir == dest / "index"
     assert (ws2.index_dir / "store.sqlite").is_file()
-    assert Path(ws2.config.embedding.model) == dest / "embedding"
+    assert ws2.config.embedding.model == "embedding"  # relative to the workspace: the folder can move
     assert (dest / "embedding" / "modules.json").is_file()
     assert ws2.export_dir == dest / "gguf"
     from rag.models import newest_export
@@ -296,7 +296,7 @@ def test_install_layout_config_and_audit(bundle: Path, tmp_path: Path) -> None:
     assert (dest / ".raftsmith" / "bundle-manifest.json").is_file()
     # the index now names the bundled model folder, so the retriever accepts it
     con = sqlite3.connect(dest / "index" / "store.sqlite")
-    assert con.execute("SELECT value FROM meta WHERE key='embedding_model'").fetchone()[0] == str(dest / "embedding")
+    assert con.execute("SELECT value FROM meta WHERE key='embedding_model'").fetchone()[0] == "embedding"
     con.close()
     from rag.audit import tail, verify
 

@@ -8,6 +8,7 @@ import pytest
 
 from rag.errors import ConfigError
 from rag.evaluate import (
+    contains_match,
     exact_match,
     is_refusal,
     load_question_file,
@@ -18,11 +19,21 @@ from rag.evaluate import (
 )
 
 
-def test_normalize_and_exact() -> None:
+def test_normalize_and_contains() -> None:
     assert normalize("  `/etc/kestrel/kx7.toml`. ") == "/etc/kestrel/kx7.toml"
-    assert exact_match("The file is `/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
-    assert exact_match("port 7431", "7431") and not exact_match("port 7432", "7431")
-    assert exact_match("Safe Mode", "safe mode") and not exact_match("anything", "")
+    assert contains_match("The file is `/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
+    assert contains_match("port 7431", "7431") and not contains_match("port 7432", "7431")
+    assert contains_match("Safe Mode", "safe mode") and not contains_match("anything", "")
+
+
+def test_exact_is_the_whole_answer_squad_normalized() -> None:
+    assert exact_match("`/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
+    assert exact_match("The E-931", "e-931") and exact_match(" 73  Days ", "73 days")
+    assert exact_match("239.41.7.31", "239.41.7.31") and not exact_match("239.41.7.3", "239.41.7.31")
+    # A reply that merely contains the reference is not an exact answer.
+    assert not exact_match("The file is `/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
+    assert not exact_match("port 7431", "7431") and not exact_match("anything", "")
+    assert not exact_match("", "")
 
 
 def test_token_f1_hand_computed() -> None:
