@@ -88,6 +88,11 @@ class RaftConfig(Section):
     synthesize_per_chunk: int = Field(0, ge=0, description="Questions synthesized per chunk (0 = only question files).")
     questions: list[str] = Field(default_factory=lambda: ["domain_questions"], description="Question YAML files or folders.")
     eval_fraction: float = Field(0.2, ge=0, lt=1)
+    refusal_rows: bool = Field(
+        True,
+        description="Question-file items marked unanswerable (answer: null) become training rows whose reply "
+                    "says the documents do not hold the answer, over the chunks retrieval brings for them.",
+    )
     dedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine above which two questions are near-duplicates.")
     seed: int = 0
 
@@ -101,7 +106,7 @@ class LoraConfig(Section):
     top_layers: int | None = Field(
         None, ge=1,
         description="Adapt only the top N transformer layers (default: all). The backward pass then stops "
-                    "at layer N from the top: 1.45x faster LoRA steps on a CPU with half of SmolLM2's layers, "
+                    "at layer N from the top: about 1.5x faster LoRA steps on a CPU with half of SmolLM2's layers, "
                     "at some cost in how much the adapter can learn.",
     )
 

@@ -26,6 +26,10 @@ SYSTEM_PROMPT = (
     "documents do not hold the answer, say you do not know."
 )
 
+#: The reply a RAFT refusal row teaches (unanswerable question, documents without the answer).
+REFUSAL_ANSWER = "I do not know."
+REFUSAL_REPLY = f"The documents do not hold the answer.\n{ANSWER_MARK} {REFUSAL_ANSWER}"
+
 SYSTEM_PROMPT_CLOSED_BOOK = (
     "You are a precise domain assistant. Answer the user's question from what you know. "
     f"End with a line '{ANSWER_MARK} <short answer>'. If you do not know, say so."

@@ -34,7 +34,7 @@ from builder.generate.questions import (
 from builder.generate.raft import RaftItem, build_row, reference_completion
 from rag.config import Workspace
 from rag.errors import ConfigError, IndexStoreError, TeacherError
-from rag.prompting import PROMPT_VERSION
+from rag.prompting import PROMPT_VERSION, REFUSAL_ANSWER, REFUSAL_REPLY
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class GenerateSummary:
     train_rows: int = 0
     eval_rows: int = 0
     new_rows: int = 0
+    refusal_rows: int = 0
     resumed_rows: int = 0
     planned: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -270,6 +271,7 @@ class _Runner:
         raft, tc = self.cfg.raft, self.cfg.teacher
         if self.teacher is None:
             return
+        items = [it for it in items if it.answer is not None or not it.extra.get("refusal")]  # refusals: no call
         p_tok = sum(_estimate_tokens(answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end)) for it in items)
         n_rows = len(items) + self._synth_estimate
         if items and self._synth_estimate:
@@ -369,6 +371,11 @@ class _Runner:
     async def _answer_all(self, items: list[RaftItem], writers: dict[str, JsonlAppender]) -> None:
         self._progress_start(len(items), "generate")
         try:
+            refusals = [it for it in items if it.extra.get("refusal")]
+            for it in refusals:  # the reply is fixed: no teacher call
+                self._write_refusal(it, writers)
+                self._progress_advance()
+            items = [it for it in items if not it.extra.get("refusal")]
             if self.teacher is None:
                 for it in items:
                     self._write_reference(it, writers)
@@ -388,6 +395,13 @@ class _Runner:
         meta = _meta(it, it.answer, verified, "none", "reference", PROMPT_VERSION)
         writers[it.split].append(build_row(it, content, meta))
         self.s.new_rows += 1
+
+    def _write_refusal(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
+        meta = _meta(it, REFUSAL_ANSWER, False, "none", "refusal", PROMPT_VERSION)
+        meta["refusal"] = True
+        writers[it.split].append(build_row(it, REFUSAL_REPLY, meta))
+        self.s.new_rows += 1
+        self.s.refusal_rows += 1
 
     async def _answer_one(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
         raft = self.cfg.raft

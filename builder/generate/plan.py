@@ -12,7 +12,13 @@ from typing import Any
 
 from builder.generate.quality import near_duplicates, split_by_chunk
 from builder.generate.questions import Question
-from builder.generate.raft import RaftItem, hard_negatives_below, normalize_answer, sample_context
+from builder.generate.raft import (
+    RaftContext,
+    RaftItem,
+    hard_negatives_below,
+    normalize_answer,
+    sample_context,
+)
 from rag.config import RaftConfig
 from rag.types import Chunk
 
@@ -62,16 +68,24 @@ def plan_items(
     """Turn questions into RaftItems: filter, find oracles, dedup, split, sample contexts."""
     plan = Plan()
     usable: list[Question] = []
+    refusals: list[Question] = []
     for q in questions:
         if q.held_out:
-            plan.drop("held_out_paraphrase")
+            plan.drop("held_out")
         elif q.unanswerable:
-            plan.drop("unanswerable")
+            if raft.refusal_rows:
+                refusals.append(q)
+            else:
+                plan.drop("unanswerable")
         elif need_reference and not q.answer:
             plan.drop("no_reference_answer")
         else:
             usable.append(q)
     if not usable:
+        if limit is not None:
+            plan.drop("over_limit", max(len(refusals) - limit, 0))
+            refusals = refusals[:limit]
+        _plan_refusals(plan, refusals, retriever, raft, search_mode, exclude=set())
         return plan
 
     chunks = retriever.all_chunks()
@@ -100,8 +114,9 @@ def plan_items(
         plan.duplicates.append({"dropped": kept[i].id, "kept": kept[j].id, "cosine": round(cos, 4)})
     kept = [q for i, q in enumerate(kept) if i not in dups]
     if limit is not None:
-        plan.drop("over_limit", max(len(kept) - limit, 0))
+        plan.drop("over_limit", max(len(kept) - limit, 0) + max(len(refusals) - max(limit - len(kept), 0), 0))
         kept = kept[:limit]
+        refusals = refusals[: limit - len(kept)]
 
     # facts with held-out paraphrases are trained on: the paraphrase set is their evaluation
     paraphrased = {str(q.extra["paraphrase_of"]) for q in questions if q.extra.get("paraphrase_of")}
@@ -135,4 +150,23 @@ def plan_items(
                 extra=dict(q.extra),
             )
         )
+    _plan_refusals(plan, refusals, retriever, raft, search_mode, exclude=eval_oracles)
     return plan
+
+
+def _plan_refusals(plan: Plan, refusals: Sequence[Question], retriever: Any, raft: RaftConfig, search_mode: str,
+                   exclude: set[str]) -> None:
+    """Rows for unanswerable questions: the chunks retrieval brings for them (as many documents
+    as an answerable row shows), none of which holds the answer, and a refusal to answer.
+
+    They go to the train split and never show an eval oracle.
+    """
+    if not refusals:
+        return
+    n_docs = raft.n_distractors + 1
+    hits_all = retriever.search_many([q.question for q in refusals], k=n_docs + len(exclude), mode=search_mode)
+    for q, hits in zip(refusals, hits_all, strict=True):
+        docs = [c for c in hits if c.chunk_id not in exclude][:n_docs]
+        ctx = RaftContext(oracle=[], distractors=docs, has_oracle=False, documents=docs)
+        plan.items.append(RaftItem(id=q.id, question=q.question, answer=None, category=q.category, split="train",
+                                   context=ctx, origin=q.origin, extra={**q.extra, "refusal": True}))

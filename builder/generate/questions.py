@@ -170,15 +170,19 @@ def load_question_file(path: Path) -> list[Question]:
             groups.append((str(g.get("category") or ""), [(it, ["questions", i, "items", j]) for j, it in enumerate(items)]))
     else:
         for cat, items in data.items():
-            if cat in ("name", "description", "version"):
+            if cat in ("name", "description", "version", "holdout"):
                 continue
             if not isinstance(items, list):
                 raise ctx.fail([str(cat)], f"category '{cat}' must map to a list of items")
             groups.append((str(cat), [(it, [str(cat), j]) for j, it in enumerate(items)]))
+    held_out = bool(data.get("holdout"))
     out: list[Question] = []
     for category, entries in groups:
         for item, loc in entries:
-            out.append(_parse_item(ctx, item, loc, category))
+            q = _parse_item(ctx, item, loc, category)
+            if held_out:
+                q.extra["held_out"] = True  # a file marked 'holdout: true' is evaluation only
+            out.append(q)
     return out
 
 

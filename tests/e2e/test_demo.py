@@ -56,14 +56,19 @@ def _metric(result: dict, model: str, rag: bool, key: str) -> float:
 def test_tuned_beats_base_on_heldout_paraphrases(demo_out: Path) -> None:
     result = _result(demo_out)
     tuned, base = _metric(result, "tuned", True, "exact"), _metric(result, "base", True, "exact")
-    # Measured on this machine class: tuned 0.65 vs base 0.00 exact (SQuAD-normalized whole
-    # answer) over 20 paraphrases, F1 0.65 vs 0.13. The floors leave four questions of slack
+    # Measured on this machine class: tuned 0.60 vs base 0.00 exact (SQuAD-normalized whole
+    # answer) over 20 paraphrases, F1 0.67 vs 0.13. The floors leave three questions of slack
     # for float differences between CPUs; the margin over base is the promise.
     assert tuned >= base + 0.30, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
     assert tuned >= 0.45
     assert _metric(result, "tuned", True, "f1") >= _metric(result, "base", True, "f1") + 0.20
     # The lenient metric (reference anywhere in the reply) must not drop with tuning either.
     assert _metric(result, "tuned", True, "contains") >= _metric(result, "base", True, "contains") - 0.10
+    # Refusal rows teach "I do not know" (measured: tuned refuses 1 of 5 unanswerables, base 0)
+    # without refusing answerable questions when the documents hold the answer.
+    assert _metric(result, "tuned", True, "refusal_unanswerable") >= _metric(result, "base", True, "refusal_unanswerable")
+    assert _metric(result, "tuned", True, "false_refusal") <= 0.10
+    assert result["generate"]["refusal_rows"] == 6
 
 
 def test_retrieval_mode_chosen_on_training_questions(demo_out: Path) -> None:

@@ -285,10 +285,11 @@ def test_synthesized_questions_mix_with_question_files(sample_workspace: Path) -
         rows = _all_rows(sample_workspace)
         synth = [r for r in rows if r["meta"]["id"].startswith("s-")]
         yaml_rows = [r for r in rows if not r["meta"]["id"].startswith("s-")]
-        assert synth and len(yaml_rows) == 50
+        assert synth and len(yaml_rows) == 56  # 50 answerable + 6 refusal rows
         # a synthesized question's oracle is the chunk it came from
         synth_requests = [r for r in srv.requests if r["body"]["messages"][0]["content"].startswith("You write questions")]
-        assert len(synth_requests) == s.calls - len(rows)
+        # refusal rows have a fixed reply: no teacher call for them
+        assert s.refusal_rows == 6 and len(synth_requests) == s.calls - (len(rows) - s.refusal_rows)
         for r in synth[:10]:
             heading = r["meta"]["question"].split("about ", 1)[1].split(" (point")[0]
             oracle_id = r["meta"]["oracle_chunk_ids"][0]

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from generate_support import ScriptedTeacher, ensure_index, free_port
 
 from rag.errors import ConfigError, TeacherError
+from rag.prompting import REFUSAL_REPLY
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,8 @@ def test_teacher_none_rows_load_and_render(sample_workspace: Path, smollm2_gguf:
     summary = json.loads(r.output.strip().splitlines()[-1])
     train, ev = _rows(sample_workspace, "train"), _rows(sample_workspace, "eval")
     assert summary["train_rows"] == len(train) > 20 and summary["eval_rows"] == len(ev) > 0
-    assert summary["dropped"]["held_out_paraphrase"] > 0 and summary["dropped"]["unanswerable"] > 0
+    # the held-out file (paraphrases and its unanswerables) never becomes a row
+    assert summary["dropped"]["held_out"] == 25 and "unanswerable" not in summary["dropped"]
     heldout = yaml.safe_load((sample_workspace / "domain_questions" / "kestrel-heldout.yaml").read_text())
     heldout_ids = {i["id"] for g in heldout["questions"] for i in g["items"]}
     ids = [x["meta"]["id"] for x in train + ev]
@@ -61,9 +63,19 @@ def test_teacher_none_rows_load_and_render(sample_workspace: Path, smollm2_gguf:
                 "teacher", "source_sha256", "split"} <= set(m)
         assert m["teacher"]["provider"] == "none"
         assert row["messages"][2]["content"].endswith(f"<ANSWER>: {m['answer']}")
+        if m.get("refusal"):
+            continue
         assert m["question"] in row["messages"][1]["content"]
         if m["quotes_verified"]:
             assert m["has_oracle"] and "##begin_quote##" in row["messages"][2]["content"]
+    # unanswerable training questions: refusal rows over the chunks retrieval brings for them
+    refusals = [x for x in train + ev if x["meta"].get("refusal")]
+    assert summary["refusal_rows"] == len(refusals) == 6 and all(x["meta"]["split"] == "train" for x in refusals)
+    for x in refusals:
+        assert x["messages"][2]["content"] == REFUSAL_REPLY and x["meta"]["reference_answer"] is None
+        assert not x["meta"]["has_oracle"] and not x["meta"]["oracle_chunk_ids"]
+        assert len(x["meta"]["distractor_chunk_ids"]) == 5  # n_distractors + 1 documents, like the other rows
+        assert x["messages"][1]["content"].count("<document id=") == 5
     with_oracle = [x for x in train + ev if x["meta"]["has_oracle"]]
     assert sum(x["meta"]["quotes_verified"] for x in with_oracle) >= 0.9 * len(with_oracle)
     # chunk-disjoint split

@@ -51,6 +51,23 @@ questions:
     assert question_id("Which  port does the gateway USE?") == qs[0].id
 
 
+def test_a_holdout_file_holds_every_item_out(tmp_path: Path) -> None:
+    listed = write(tmp_path, """
+holdout: true
+questions:
+  - category: Ops
+    items:
+      - {id: h-port, question: "Which port, reworded?", answer: "7431"}
+      - {id: h-price, question: "What does it cost?", answer: null, unanswerable: true}
+""", "listed.yaml")
+    assert all(q.held_out for q in load_question_file(listed))
+    mapped = write(tmp_path, "holdout: true\nOps:\n  - 'A question here?'\n", "mapped.yaml")
+    qs = load_question_file(mapped)
+    assert [q.category for q in qs] == ["Ops"] and qs[0].held_out  # 'holdout' is not a category
+    plain = write(tmp_path, "Ops:\n  - 'A question here?'\n", "plain.yaml")
+    assert not load_question_file(plain)[0].held_out
+
+
 def test_category_mapping_form(tmp_path: Path) -> None:
     qs = load_question_file(write(tmp_path, "Ops:\n  - 'A question here?'\nNet:\n  - {question: 'B question?', answer: b}\n"))
     assert [(q.category, q.answer) for q in qs] == [("Ops", None), ("Net", "b")]
