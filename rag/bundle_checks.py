@@ -159,15 +159,6 @@ def parse_manifest(data: bytes) -> BundleManifest:
 TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".jsonl", ".md", ".txt", ".toml", ".cfg", ".ini", ".env", ".tmpl"}
 MAX_SCAN_BYTES = 32 * 1024 * 1024
 
-# (label, pattern). Labels are what a finding reports; the match itself is never shown.
-_SHAPES: list[tuple[str, re.Pattern[str]]] = [
-    ("an OpenRouter API key (sk-or-...)", re.compile(r"sk-or-[A-Za-z0-9_-]{16,}")),
-    ("an OpenAI-style API key (sk-...)", re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}")),
-    ("a GitHub token (ghp_/gho_/ghs_/github_pat_)", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
-    ("an AWS access key id (AKIA...)", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("a PEM private key", re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----")),
-    ("a Hugging Face token (hf_...)", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
-]
 _ASSIGNMENT = re.compile(
     r"""["']?\b(api[_-]?key|secret[_-]?key|client[_-]?secret|access[_-]?token|auth[_-]?token|password|passwd)\b["']?"""
     r"""\s*[:=]\s*["']?([^\s"',}\]#]*)""",
@@ -204,7 +195,9 @@ def find_secret(text: str, live: list[str], assignments: bool = True) -> str | N
     for value in live:
         if value in text:
             return "an API key currently stored in this machine's environment or keyring"
-    for label, pattern in _SHAPES:
+    from rag.secrets import KEY_SHAPES
+
+    for label, pattern in KEY_SHAPES:
         if pattern.search(text):
             return label
     if assignments:

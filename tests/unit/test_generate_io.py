@@ -209,3 +209,28 @@ def test_loopback_guard_and_payload_log(tmp_path: Path) -> None:
     digest = log.record({"messages": [{"content": "secret text"}]}, {"email": 2}, "q1")
     line = json.loads((tmp_path / "p.jsonl").read_text())
     assert line["sha256"] == digest and line["redactions"] == {"email": 2} and "secret" not in json.dumps(line)
+
+
+CREDENTIALS = [
+    "sk-or-v1-0123456789abcdef0123456789abcdef",
+    "sk-proj-abcdefghijklmnopqrstuvwx",
+    "rk_live".replace("_", "-") + "-abcdefghijklmnop1234",
+    "ghp_" + "A1b2C3d4E5" * 4,
+    "github_pat_" + "11ABCDEFG0" * 4,
+    "AKIA" + "ABCDEFGHIJKLMNOP",
+    "xoxb-1234567890-abcdefghij",
+    "hf_" + "abcdefghij" * 4,
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1L7VLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----",
+]
+
+
+@pytest.mark.parametrize("secret", CREDENTIALS)
+def test_redaction_and_bundle_scan_share_the_credential_shapes(secret: str) -> None:
+    from rag.bundle_checks import find_secret
+
+    text = f"config:\n  note: {secret}\n  port: 7431\n"
+    red = Redactor().redact(text)
+    assert red.counts.get("key") == 1, red.counts
+    assert "MIIEowIBAAKCAQEA" not in red.text and secret not in red.text  # a PEM body goes with its header
+    assert red.restore(red.text) == text
+    assert find_secret(text, live=[], assignments=False) is not None
