@@ -12,7 +12,6 @@ moves to the last user turn), the assistant contents are located in the full tex
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.families import ChatFormat
+from rag.bundle_reader import sha256_file
 from rag.errors import TrainingError
 
 IGNORE = -100
@@ -43,14 +43,6 @@ class Encoded:
     assistant_tokens: int = 0
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_rows(path: str | Path) -> Dataset:
     """Read a JSONL file of training rows, checking each row's shape with a line number."""
     p = Path(path)
@@ -72,7 +64,7 @@ def load_rows(path: str | Path) -> Dataset:
             rows.append(row)
     if not rows:
         raise TrainingError(f"{p} holds no rows; generate training data first ('raftsmith generate').")
-    return Dataset(p, rows, file_sha256(p))
+    return Dataset(p, rows, sha256_file(p))
 
 
 def _check_row(row: Any, path: Path, n: int) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from rag.bundle_reader import sha256_file
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DOCS = REPO / "examples" / "kestrel" / "docs"
 
@@ -59,14 +61,6 @@ def make_workspace(root: Path, chat: dict | None = None) -> Path:
     return ws.root
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def add_fixture_export(ws_root: Path, gguf: Path, name: str = "test") -> Path:
     """gguf/<name>/ in the export-manifest format whose merged and base files are the packaged GGUF.
 
@@ -75,7 +69,7 @@ def add_fixture_export(ws_root: Path, gguf: Path, name: str = "test") -> Path:
     """
     d = ws_root / "gguf" / name
     d.mkdir(parents=True, exist_ok=True)
-    sha = _sha256(gguf)
+    sha = sha256_file(gguf)
     files = []
     for fname, role in (("model-q4_k_m.gguf", "merged"), ("base-q4_k_m.gguf", "base")):
         target = d / fname
@@ -88,7 +82,7 @@ def add_fixture_export(ws_root: Path, gguf: Path, name: str = "test") -> Path:
         'SYSTEM """You are a precise domain assistant."""\n'
         'PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|im_start|>"\nPARAMETER num_ctx 2048\n'
     )
-    files.append({"path": "Modelfile", "role": "modelfile", "quantization": None, "sha256": _sha256(d / "Modelfile"), "size": 1})
+    files.append({"path": "Modelfile", "role": "modelfile", "quantization": None, "sha256": sha256_file(d / "Modelfile"), "size": 1})
     manifest = {
         "format": "raftsmith-export/1", "name": name, "family": "smollm2", "chat_format": "chatml",
         "created_at": "2026-11-22T00:00:00+00:00", "base_model": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "sha256": sha},
