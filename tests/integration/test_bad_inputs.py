@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import pytest
+from pdf_builder import make_pdf
 
 from rag.config import init_workspace, load_workspace
 from rag.ingest.pipeline import ingest
@@ -15,34 +15,14 @@ from rag.retrieve import Retriever
 pytestmark = pytest.mark.integration
 
 
-def _pdf(text: str, password: str | None = None) -> bytes:
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    w = PdfWriter()
-    page = w.add_blank_page(width=400, height=300)
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica")})
-    page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): w._add_object(font)})})
-    stream = DecodedStreamObject()
-    stream.set_data(f"BT /F1 12 Tf 20 250 Td ({text}) Tj ET".encode("latin-1"))
-    page[NameObject("/Contents")] = w._add_object(stream)
-    if password:
-        w.encrypt(user_password=password, owner_password=password, algorithm="AES-128")
-    buf = io.BytesIO()
-    w.write(buf)
-    return buf.getvalue()
-
-
 def test_bad_inputs_each_get_a_status(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws")
     docs = ws.root / "docs"
     (docs / "good.md").write_text("# Good\n\nThe osprey valve opens at 37 bar.\n")
-    (docs / "manual.pdf").write_bytes(_pdf("The heron pump runs at 1450 rpm."))
-    whole = _pdf("This PDF is cut short and cannot be parsed at all.")
+    (docs / "manual.pdf").write_bytes(make_pdf(["The heron pump runs at 1450 rpm."]))
+    whole = make_pdf(["This PDF is cut short and cannot be parsed at all."])
     (docs / "truncated.pdf").write_bytes(whole[: len(whole) // 3])
-    (docs / "locked.pdf").write_bytes(_pdf("Top secret plover code 99.", password="s3cret"))
+    (docs / "locked.pdf").write_bytes(make_pdf(["Top secret plover code 99."], password="s3cret"))
     (docs / "blob.txt").write_bytes(bytes(range(256)) * 40)
     (docs / "utf16.txt").write_bytes("The curlew sensor reports in kelvin.\n".encode("utf-16"))
     (docs / "latin1.md").write_bytes("# Fjord\n\nDie Möwe misst 12 °C.\n".encode("latin-1"))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
+from pdf_builder import make_pdf
 
 from rag.errors import IngestError
 from rag.ingest.parsers import SkipFile, decode_text, kind_for, parse_bytes, parse_html, read_file
@@ -73,29 +73,8 @@ def test_html_without_main_uses_body_and_title() -> None:
     assert doc.text.startswith("# T\n\nJust text.")
 
 
-def _pdf_bytes(pages: list[str], password: str | None = None) -> bytes:
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    w = PdfWriter()
-    for text in pages:
-        page = w.add_blank_page(width=300, height=300)
-        font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                                 NameObject("/BaseFont"): NameObject("/Helvetica")})
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): w._add_object(font)})})
-        stream = DecodedStreamObject()
-        stream.set_data(f"BT /F1 12 Tf 20 250 Td ({text}) Tj ET".encode("latin-1"))
-        page[NameObject("/Contents")] = w._add_object(stream)
-    if password:
-        w.encrypt(user_password=password, owner_password=password, algorithm="RC4-128")
-    buf = io.BytesIO()
-    w.write(buf)
-    return buf.getvalue()
-
-
 def test_pdf_pages_kept() -> None:
-    doc = parse_bytes(_pdf_bytes(["Port 7431 is used", "", "Fan module OV-FAN-27"]), "pdf", "m.pdf")
+    doc = parse_bytes(make_pdf(["Port 7431 is used", "", "Fan module OV-FAN-27"]), "pdf", "m.pdf")
     assert doc.kind == "pdf"
     assert [p for p, _ in doc.pages] == [1, 3]  # the blank page 2 carries no text
     assert "7431" in doc.pages[0][1] and "OV-FAN-27" in doc.pages[1][1]
@@ -103,8 +82,8 @@ def test_pdf_pages_kept() -> None:
 
 def test_pdf_encrypted_and_truncated() -> None:
     with pytest.raises(IngestError, match="encrypted"):
-        parse_bytes(_pdf_bytes(["secret text"], password="hunter2"), "pdf")
-    data = _pdf_bytes(["Some text here"])
+        parse_bytes(make_pdf(["secret text"], password="hunter2", algorithm="RC4-128"), "pdf")
+    data = make_pdf(["Some text here"])
     with pytest.raises((IngestError, SkipFile)):
         parse_bytes(data[: len(data) // 3], "pdf")
     with pytest.raises(IngestError):
