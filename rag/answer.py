@@ -74,7 +74,8 @@ def dense_score(c: Chunk) -> float | None:
 def split_relevant(chunks: Sequence[Chunk], min_score: float) -> tuple[list[Chunk], list[Chunk]]:
     """(kept, below): chunks whose dense cosine is below ``min_score`` are irrelevant.
 
-    Chunks without a cosine (BM25-only search) are kept: keyword hits are evidence too.
+    Chunks without a cosine (an index without stored vectors) are kept: keyword hits are
+    evidence too.
     """
     kept: list[Chunk] = []
     below: list[Chunk] = []
@@ -210,7 +211,8 @@ class Answerer:
     def retrieve(self, question: str, k: int | None = None) -> list[Chunk]:
         cfg = self.ws.config.chat
         with self._lock:
-            return list(self.retriever.search(question, k=k or cfg.top_k, mode=cfg.mode))
+            # dense cosines on every mode's results: chat.min_score gates BM25 hits too
+            return list(self.retriever.search(question, k=k or cfg.top_k, mode=cfg.mode, dense_scores=True))
 
     def answer(self, question: str, *, model: str | None = "tuned", backend: str | None = None, rag: bool = True,
                k: int | None = None, history: Sequence[Message] = (), on_token: Callable[[str], None] | None = None,

@@ -93,11 +93,15 @@ class Retriever:
         """(n, d) float32, L2-normalized."""
         return self.embedder.encode(list(texts))
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[Chunk]:
-        return self.search_many([query], k=k, mode=mode, diverse=diverse)[0]
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False,
+               dense_scores: bool = False) -> list[Chunk]:
+        return self.search_many([query], k=k, mode=mode, diverse=diverse, dense_scores=dense_scores)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "hybrid",
-                    diverse: bool = False) -> list[list[Chunk]]:
+                    diverse: bool = False, dense_scores: bool = False) -> list[list[Chunk]]:
+        """Top-k chunks per query. Dense and hybrid results carry ``meta['dense_score']``
+        (query-chunk cosine); ``dense_scores=True`` adds it to BM25 results too, so the
+        answerer's relevance threshold works in every mode."""
         if mode not in MODES:
             raise ConfigError(f"Unknown search mode '{mode}'; use one of: {', '.join(MODES)}.")
         if k < 1:
@@ -105,7 +109,7 @@ class Retriever:
         queries = list(queries)
         if not queries:
             return []
-        qvecs = self.embed(queries) if mode in ("dense", "hybrid") else None
+        qvecs = self.embed(queries) if (mode in ("dense", "hybrid") or dense_scores) else None
         with self._lock:
             return [self._search_one(q, None if qvecs is None else qvecs[i], k, mode, diverse)
                     for i, q in enumerate(queries)]
@@ -151,7 +155,7 @@ class Retriever:
     def _search_one(self, query: str, qvec: np.ndarray | None, k: int, mode: str, diverse: bool) -> list[Chunk]:
         depth = max(self.fusion_depth, 4 * k)
         # dense always over-fetches: an HNSW index may hold tombstones of removed chunks
-        dense = self._dense(qvec, depth) if qvec is not None else []
+        dense = self._dense(qvec, depth) if (qvec is not None and mode != "bm25") else []
         bm25 = self.store.bm25(query, depth if (mode == "hybrid" or diverse) else k) if mode in ("bm25", "hybrid") else []
         dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
         bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}

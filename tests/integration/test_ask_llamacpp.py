@@ -71,6 +71,20 @@ def test_ask_irrelevant_question_is_refused_without_guessing(ws_root: Path) -> N
     assert _audit(ws_root)[-1]["outcome"] == "no_context"
 
 
+def test_bm25_mode_keeps_the_relevance_gate(ws_root: Path) -> None:
+    # BM25 finds "port" chunks for this question, but none is about it: every dense cosine is
+    # under chat.min_score, so raftsmith refuses instead of handing the model port numbers.
+    cfg = (ws_root / "raftsmith.yaml").read_text()
+    (ws_root / "bm25.yaml").write_text(cfg.replace("mode: hybrid", "mode: bm25"))
+    assert "mode: bm25" in (ws_root / "bm25.yaml").read_text()
+    q = "Is the port of Marseille a good place to taste bouillabaisse?"
+    res = _run(ws_root, "ask", q, "--json", "--model", "base", config="bm25.yaml")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["refused"] and out["below_threshold"] > 0 and "generate_ms" not in out["timings"]
+    (ws_root / "bm25.yaml").unlink()
+
+
 def test_ask_closed_book(ws_root: Path) -> None:
     out = json.loads(_run(ws_root, "ask", PORT_Q, "--no-rag", "--json", "--model", "base").stdout)
     assert out["rag"] is False and out["retrieved"] == [] and out["citations"] == []

@@ -93,6 +93,12 @@ def test_retriever_api(built: Path) -> None:
         assert all(c.score == pytest.approx(c.meta["dense_score"], abs=1e-5) for c in dense)
         bm = r.search('what does "E-202" mean? (buffer)', k=4, mode="bm25")
         assert bm and any("E-202" in c.text for c in bm)
+        assert all("dense_score" not in c.meta for c in bm)  # plain BM25 embeds nothing
+        # with dense_scores, BM25 hits carry the same cosine a dense search gives them
+        scored = r.search("admin console port", k=4, mode="bm25", dense_scores=True)
+        wide = {c.chunk_id: c.meta["dense_score"] for c in r.search("admin console port", k=200, mode="dense")}
+        assert scored and all(c.meta["dense_score"] == pytest.approx(wide[c.chunk_id], abs=1e-5) for c in scored)
+        assert [c.chunk_id for c in scored] == [c.chunk_id for c in r.search("admin console port", k=4, mode="bm25")]
         diverse = r.search("kxctl command", k=6, diverse=True)
         sources = [c.source for c in diverse]
         assert all(sources.count(s) <= r.max_per_source for s in sources)
