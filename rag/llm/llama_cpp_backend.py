@@ -29,8 +29,8 @@ _MODEL_LOCKS: dict[int, threading.Lock] = {}
 def physical_cores() -> int:
     """Physical cores (psutil when installed), else half the logical CPUs as llama.cpp assumes.
 
-    On a 2-vCPU machine token generation ran 126 tokens/s on 2 threads vs 78 on 1
-    (SmolLM2-135M Q4_K_M), so guessing "half" where the cores are not hyperthreads costs 1.6x.
+    On a 2-vCPU machine token generation ran 1.36x faster on 2 threads than on 1
+    (benchmarks/threads.py), so guessing "half" where the cores are not hyperthreads is costly.
     """
     try:
         import psutil
