@@ -84,6 +84,9 @@ def make_trainer_class() -> type:
                                             num_items_in_batch=num_items_in_batch)
             # Summed over the accumulation window's labelled tokens already when a count is given.
             self.loss_is_scaled_for_ga = num_items_in_batch is not None
-            return gathered_loss(model, inputs, num_items_in_batch)
+            # The decoder is called directly, past the autocast wrapper accelerate puts around
+            # the top-level forward: enter the same mixed-precision context here (bf16/fp16).
+            with self.accelerator.autocast():
+                return gathered_loss(model, inputs, num_items_in_batch)
 
     return AssistantLossTrainer

@@ -93,3 +93,22 @@ def test_softcapped_models_keep_the_stock_path():
     assert supports_gathered_loss(model)
     model.get_base_model().config.final_logit_softcapping = 30.0
     assert not supports_gathered_loss(model)
+
+
+def test_trainer_runs_the_gathered_decoder_under_mixed_precision(tmp_path):
+    """bf16 training must reach the decoder's layers as bf16, as the stock forward does."""
+    from transformers import TrainingArguments
+
+    from builder.train.loss import make_trainer_class
+
+    model = _tiny_lora_model()
+    seen: list[torch.dtype] = []
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    rows = [{"input_ids": list(range(1, 12)), "labels": [IGNORE] * 8 + [9, 10, 11]}] * 2
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=1,
+                             per_device_train_batch_size=2, report_to=[], save_strategy="no",
+                             logging_strategy="no")
+    trainer = make_trainer_class()(model=model, args=args, train_dataset=rows, data_collator=collate(0))
+    trainer.train()
+    assert seen and all(d == torch.bfloat16 for d in seen), seen
