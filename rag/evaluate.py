@@ -82,10 +82,17 @@ def token_f1(prediction: str, reference: str) -> float:
 _ARTICLES = frozenset({"a", "an", "the"})
 
 
+_EDGE_PUNCT = "\"'()[]{}<>.,;:!?*`"
+
+
 def _squad_tokens(text: str) -> list[str]:
-    """Lowercase word pieces with punctuation dropped inside them and articles removed."""
-    words = re.sub(r"[^\w\s]", "", text.lower().replace("`", "")).split()
-    return [w for w in words if w not in _ARTICLES]
+    """Lowercase words with punctuation stripped at their edges only, articles removed.
+
+    Punctuation inside a word is kept: "10.74.0.7" and "10.7.40.7", or "OV-FAN-2.7" and
+    "OV-FAN-27", are different answers (SQuAD's deletion of all punctuation would merge them).
+    """
+    words = (w.strip(_EDGE_PUNCT) for w in text.lower().split())
+    return [w for w in words if w and w not in _ARTICLES]
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -94,8 +101,13 @@ def exact_match(prediction: str, reference: str) -> bool:
 
 
 def contains_match(prediction: str, reference: str) -> bool:
-    ref = normalize(reference)
-    return bool(ref) and ref in normalize(prediction)
+    """The normalized reference occurs in the prediction as whole words ("640" is not in "6400")."""
+    return _contains_words(normalize(prediction), normalize(reference))
+
+
+def _contains_words(text: str, ref: str) -> bool:
+    """``ref`` in ``text`` with no letter or digit glued to either end (both already normalized)."""
+    return bool(ref) and re.search(rf"(?<![^\W_]){re.escape(ref)}(?![^\W_])", text) is not None
 
 
 def is_refusal(text: str) -> bool:
@@ -239,14 +251,25 @@ def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, An
     }
 
 
+def _question_files(p: Path) -> list[Path]:
+    """A question file, or the question files (*.yaml, *.yml, *.jsonl) directly in a folder."""
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".yaml", ".yml", ".jsonl"))
+        if not files:
+            raise ConfigError(f"Question folder {p} holds no *.yaml or *.jsonl files; pass a question file instead.")
+        return files
+    if not p.is_file():
+        raise ConfigError(f"Question file {p} does not exist; pass a domain_questions/*.yaml file, "
+                          "an eval split (*.jsonl) or a folder of them.")
+    return [p]
+
+
 def load_items(ws: Workspace, questions: Sequence[str | Path] | None = None, limit: int | None = None) -> list[EvalItem]:
     """Items from question YAML / eval JSONL files, or the workspace's default eval questions."""
     items: list[EvalItem] = []
     for q in questions or []:
-        p = ws.path(q)
-        if not p.is_file():
-            raise ConfigError(f"Question file {p} does not exist.")
-        items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
+        for p in _question_files(ws.path(q)):
+            items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
     if not questions:
         items = default_questions(ws)
     return items[:limit] if limit else items
@@ -276,7 +299,7 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
             for it, chunks in zip(answerable, results, strict=True):
                 ref = normalize(it.answer or "")
                 ids = {c.chunk_id for c in chunks}
-                if set(it.oracle_chunk_ids) & ids or (ref and any(ref in normalize(c.text) for c in chunks)):
+                if set(it.oracle_chunk_ids) & ids or any(_contains_words(normalize(c.text), ref) for c in chunks):
                     found += 1
             recall[mode] = round(found / len(answerable), 4)
     finally:

@@ -232,8 +232,9 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
 @click.option("--models", default="base,tuned", show_default=True, help="Comma-separated: base, tuned, export names.")
 @click.option("--rag/--no-rag", "rag", default=None, help="Only with (or only without) retrieval; default: both.")
 @click.option("--both", is_flag=True, help="Both RAG and closed book (the default).")
-@click.option("--questions", "questions", multiple=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Question YAML or eval JSONL (repeatable; default: the eval split + holdout YAML files).")
+@click.option("--questions", "questions", multiple=True, type=click.Path(path_type=str),
+              help="Question YAML, eval JSONL or a folder of them (repeatable; default: the eval split + "
+                   "holdout YAML files).")
 @click.option("--backend", type=BACKENDS, default=None, help="Chat backend (default: chat.backend).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,

@@ -81,3 +81,17 @@ def test_eval_retrieval_needs_answerable_questions(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "q.yaml"),
                                    "--config", str(root / "raftsmith.yaml")])
     assert res.exit_code != 0 and "answerable" in res.output
+
+
+def test_eval_retrieval_takes_a_folder_of_question_files(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "qs").mkdir()
+    (root / "qs" / "a.yaml").write_text(RECALL_QUESTIONS)
+    (root / "qs" / "notes.txt").write_text("not a question file")
+    cfg = ["--config", str(root / "raftsmith.yaml")]
+    res = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "qs"), "--k", "5", "--json", *cfg])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["questions"] == 3
+    (root / "empty").mkdir()
+    bad = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "empty"), *cfg])
+    assert bad.exit_code != 0 and "holds no *.yaml" in bad.output

@@ -36,6 +36,18 @@ def test_exact_is_the_whole_answer_squad_normalized() -> None:
     assert not exact_match("", "")
 
 
+def test_punctuation_inside_an_answer_is_kept() -> None:
+    # Deleting it would merge different answers: a garbled IP, a shifted decimal point.
+    assert not exact_match("10.7.40.7", "10.74.0.7") and not exact_match("1.6", "16")
+    assert not exact_match("OV-FAN-2.7", "OV-FAN-27") and exact_match("OV-FAN-27.", "ov-fan-27")
+    assert exact_match("(kx-witness)", "kx-witness") and exact_match('"57600"', "57600")
+
+
+def test_contains_needs_whole_words() -> None:
+    assert not contains_match("a batch of 6400", "640") and not contains_match("code E-4170", "E-417")
+    assert contains_match("The batch size is 640.", "640") and contains_match("error E-417, then", "E-417")
+
+
 def test_token_f1_hand_computed() -> None:
     assert token_f1("expired uplink certificate", "expired uplink certificate") == 1.0
     # pred 4 tokens, ref 3, common 2 -> p=0.5 r=2/3 -> f1 = 2*0.5*0.667/1.1667 = 0.5714
