@@ -37,16 +37,23 @@ KNOWN_NAMES = ("openrouter", "openai", "openai-compatible", "ollama")
 # (builder.generate.privacy) and the bundle scan (rag.bundle_checks). Labels are what a
 # finding reports; a matched value is never shown.
 KEY_SHAPES: list[tuple[str, re.Pattern[str]]] = [
-    ("an OpenRouter API key (sk-or-...)", re.compile(r"(?<![A-Za-z0-9])sk-or-[A-Za-z0-9_-]{16,}")),
-    ("an OpenAI-style API key (sk-/pk-/rk-...)", re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}")),
+    # The key body is one run of 16+ letters, digits or underscores holding a digit or a capital, after
+    # optional dash-separated prefixes (sk-proj-, sk-ant-api03-, sk-or-v1-): hyphenated
+    # prose such as "sk-hynix-memory-roadmap-2025" is not a key.
+    ("an OpenRouter API key (sk-or-...)",
+     re.compile(r"(?<![A-Za-z0-9])sk-or-(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}")),
+    ("an OpenAI/Anthropic-style API key (sk-/pk-/rk-...)",
+     re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}")),
+    ("a Stripe key (sk_live_/rk_live_...)", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
     ("a GitHub token (ghp_/gho_/ghs_/github_pat_)",
      re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
     ("an AWS access key id (AKIA...)", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
     ("a Slack token (xox...)", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
     ("a Hugging Face token (hf_...)", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
     # the whole block when it is there, so redaction removes the key body too
-    ("a PEM private key",
-     re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----)?")),
+    ("a PEM or PGP private key",
+     re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----"
+                r"(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----)?")),
 ]
 #: any of KEY_SHAPES, as one pattern
 ANY_KEY = re.compile("|".join(f"(?:{p.pattern})" for _, p in KEY_SHAPES))

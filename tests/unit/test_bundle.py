@@ -211,6 +211,9 @@ def test_bad_output_name(ws: Workspace, tmp_path: Path) -> None:
         "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
         "settings:\n  api_key: hunter2hunter2\n",
         '{"password": "correct-horse"}',
+        "anthropic: sk-ant-api03-" + "Xy7_Qv2-b9Kd0LmN4pRs" * 4 + "\n",
+        "stripe: sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc" + "\n",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQdGBF\n-----END PGP PRIVATE KEY BLOCK-----\n",
     ],
 )
 def test_secret_shapes_found(text: str) -> None:
@@ -218,7 +221,11 @@ def test_secret_shapes_found(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["api_key: null\n", "key_name: openrouter\n", "max_tokens: 256\n", "api_key: ''\n",
-                                  "skip the sk-short one\n", "hmac_key_name: null\n"])
+                                  "skip the sk-short one\n", "hmac_key_name: null\n",
+                                  # hyphenated prose and digests are not keys
+                                  "see /sk-hynix-memory-roadmap-2025 and pk-constraint-naming-conventions\n",
+                                  "flag: --sk-disable-telemetry-upload\n",
+                                  "sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"])
 def test_no_false_positive(text: str) -> None:
     assert find_secret(text, []) is None
 

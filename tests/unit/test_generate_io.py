@@ -178,13 +178,13 @@ def test_redaction_kinds_counts_and_restore() -> None:
     text = (
         "Mail ops@orvane.example or call +1 415-555-0134. Host 10.74.0.7 and fe80::1:2:3. "
         "Card 4111 1111 1111 1111 but not 4111 1111 1111 1112. SSN 123-45-6789. "
-        "Key sk-proj-abcdefghijklmnopqrstuvwx and token " + "a" * 8 + "0123456789abcdef0123456789abcdef. "
+        "Key sk-proj-Abcdefgh1jklmnopqrstuvwx and token " + "a" * 8 + "0123456789abcdef0123456789abcdef. "
         "Codename BLUEHERON and again ops@orvane.example."
     )
     red = Redactor(deny_list=["blueheron"]).redact(text)
     out = red.text
     for secret in ("ops@orvane.example", "415-555-0134", "10.74.0.7", "4111 1111 1111 1111", "123-45-6789",
-                   "sk-proj-abcdefghijklmnopqrstuvwx", "0123456789abcdef0123456789abcdef", "BLUEHERON"):
+                   "sk-proj-Abcdefgh1jklmnopqrstuvwx", "0123456789abcdef0123456789abcdef", "BLUEHERON"):
         assert secret not in out, secret
     assert "4111 1111 1111 1112" in out  # fails Luhn: not a card
     assert red.counts["email"] == 1 and out.count("[EMAIL_1]") == 2  # same value, same placeholder
@@ -213,7 +213,7 @@ def test_loopback_guard_and_payload_log(tmp_path: Path) -> None:
 
 CREDENTIALS = [
     "sk-or-v1-0123456789abcdef0123456789abcdef",
-    "sk-proj-abcdefghijklmnopqrstuvwx",
+    "sk-proj-Abcdefgh1jklmnopqrstuvwx",
     "rk_live".replace("_", "-") + "-abcdefghijklmnop1234",
     "ghp_" + "A1b2C3d4E5" * 4,
     "github_pat_" + "11ABCDEFG0" * 4,
