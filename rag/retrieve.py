@@ -52,6 +52,7 @@ class Retriever:
         self.store = IndexStore(self.index_dir, readonly=True)
         self._embedder: Any = None
         self._faiss: Any = None
+        self._no_dense_scores = False  # set once the embedder failed to load for BM25 scores
         self._lock = threading.RLock()  # one SQLite connection, shared by server threads
         stored_model = self.store.get_meta("embedding_model")
         wanted = embedding.model or "default"
@@ -109,7 +110,15 @@ class Retriever:
         queries = list(queries)
         if not queries:
             return []
-        qvecs = self.embed(queries) if (mode in ("dense", "hybrid") or dense_scores) else None
+        qvecs = self.embed(queries) if mode in ("dense", "hybrid") else None
+        if qvecs is None and dense_scores and not self._no_dense_scores:
+            try:
+                qvecs = self.embed(queries)
+            except ConfigError as err:
+                # BM25 needs no embedder: without one the hits simply carry no cosine (and
+                # pass any relevance gate), instead of the search failing.
+                self._no_dense_scores = True
+                log.warning("BM25 results get no relevance scores: %s", err)
         with self._lock:
             return [self._search_one(q, None if qvecs is None else qvecs[i], k, mode, diverse)
                     for i, q in enumerate(queries)]

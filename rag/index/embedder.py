@@ -36,8 +36,8 @@ class TextEmbedder(Protocol):
 def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
     """The local folder holding the embedding model (what a bundle copies).
 
-    'default' -> the packaged MiniLM; a folder -> itself (a relative folder is looked up
-    under the workspace ``root`` first, so an installed bundle can be moved); a hub id ->
+    'default' -> the packaged MiniLM; a folder -> itself (a relative folder is taken relative
+    to the workspace ``root`` when one is given, so an installed bundle can be moved); a hub id ->
     its snapshot in the local Hugging Face cache (never downloaded here: the laptop is offline).
     """
     name = cfg.model
@@ -46,7 +46,9 @@ def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
 
         return minilm_dir()
     p = Path(name).expanduser()
-    if root is not None and not p.is_absolute() and (root / p).is_dir():
+    if root is not None and not p.is_absolute():
+        # Relative to the workspace only, never to the current folder: commands run from
+        # elsewhere must load the same model the index was built with.
         p = root / p
     if p.is_dir():
         if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
@@ -55,7 +57,7 @@ def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
                 "(no modules.json/config.json); point it at a model folder or use 'default'."
             )
         return p.resolve()
-    if p.is_absolute() or name.startswith((".", "~")):
+    if Path(name).expanduser().is_absolute() or name.startswith((".", "~")):
         raise ConfigError(f"embedding.model folder {p} does not exist; fix the path or use 'default'.")
     try:
         from huggingface_hub import snapshot_download

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rag.config import init_workspace, load_workspace
-from rag.errors import IndexStoreError
+from rag.errors import ConfigError, IndexStoreError
 from rag.index.embedder import load_embedder
 from rag.index.store import writer_lock
 from rag.ingest.pipeline import ingest
@@ -207,3 +207,15 @@ def test_hnsw_updates_in_place_with_tombstones(fresh_copy: Path) -> None:
             assert all(r.get(c.chunk_id) is not None for c in hits)
             assert any("7999" in c.text for c in hits)
             assert not any("port 7431" in c.text and c.source == "docs/networking.md" for c in hits)
+
+
+def test_bm25_works_without_the_embedding_model(built: Path, tmp_path: Path) -> None:
+    """A laptop whose embedding model is missing still gets BM25 answers, just unscored."""
+    from rag.config import EmbeddingConfig
+
+    with Retriever.from_workspace(load_workspace(built)) as r:
+        r._embedding_cfg = EmbeddingConfig(model=str(tmp_path / "gone"))  # as if never installed
+        hits = r.search("admin console port", k=3, mode="bm25", dense_scores=True)
+        assert len(hits) == 3 and all("dense_score" not in c.meta for c in hits)
+        with pytest.raises(ConfigError, match="does not exist"):
+            r.search("admin console port", k=3, mode="dense")
