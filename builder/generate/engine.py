@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.generate.answers import answer_messages, answer_schema, compose_teacher_row
-from builder.generate.jsonl import JsonlAppender, read_rows, repair_jsonl
+from builder.generate.jsonl import JsonlAppender, read_rows, remove_rows, repair_jsonl
 from builder.generate.plan import plan_items
 from builder.generate.quality import decontamination_report, verify_quotes
 from builder.generate.questions import (
@@ -231,8 +231,14 @@ class _Runner:
                 self._estimate(plan.items)
                 return self._finish(t0)
             done: set[str] = set()
+            # Rows made before their question was held out (a file later marked
+            # 'holdout: true', a new paraphrase_of) leave the training data on resume.
+            held = {q.id for q in qs if q.held_out}
             for p in paths.values():
                 self.s.torn_bytes_repaired += repair_jsonl(p)
+                gone = remove_rows(p, held)
+                if gone:
+                    self.s.drop("held_out_removed", gone)
                 done.update(r["meta"]["id"] for r in read_rows(p) if isinstance(r, dict) and "meta" in r)
             pending = [it for it in plan.items if it.id not in done]
             self.s.resumed_rows = len(plan.items) - len(pending)

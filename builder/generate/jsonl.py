@@ -56,6 +56,35 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def remove_rows(path: Path, ids: set[str]) -> int:
+    """Rewrite ``path`` without the rows whose ``meta.id`` is in ``ids`` (atomic: temp + rename).
+
+    Returns how many rows were removed; the file is untouched when there are none.
+    """
+    if not ids or not path.exists():
+        return 0
+    kept: list[bytes] = []
+    removed = 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("meta"), dict) and row["meta"].get("id") in ids:
+                removed += 1
+            else:
+                kept.append(line)
+    if removed:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return removed
+
+
 class JsonlAppender:
     """Append rows one at a time; each is on disk (fsync) before the call returns."""
 

@@ -100,6 +100,18 @@ def test_teacher_none_rows_load_and_render(sample_workspace: Path, smollm2_gguf:
     assert s2["new_rows"] == 0 and s2["resumed_rows"] == len(ids)
     assert (sample_workspace / "training_data" / "kestrel.train.jsonl").read_bytes() == before
 
+    # a question held out after its row was made: the row leaves the data on the next run
+    qfile = sample_workspace / "domain_questions" / "kestrel.yaml"
+    qdata = yaml.safe_load(qfile.read_text())
+    item = next(i for g in qdata["questions"] for i in g["items"] if i["id"] == train[0]["meta"]["id"])
+    item["paraphrase_of"] = "kept-for-evaluation"
+    qfile.write_text(yaml.safe_dump(qdata, sort_keys=False))
+    r3 = runner.invoke(cli, ["generate", "--teacher", "none", "--json", "--config", str(cfg)])
+    s3 = json.loads(r3.output.strip().splitlines()[-1])
+    assert s3["dropped"]["held_out_removed"] == 1 and s3["new_rows"] == 0
+    after = _rows(sample_workspace, "train")
+    assert [x["meta"]["id"] for x in after] == [x["meta"]["id"] for x in train[1:]]
+
 
 @pytest.fixture
 def llama_server(smollm2_gguf: Path, tmp_path: Path):
