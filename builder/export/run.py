@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,45 @@ def run_export(
 def _build(ws: Workspace, run: Path, meta: dict[str, Any], base: BaseModel, lc: llamacpp.LlamaCpp,
            quants: list[str], want_adapter: bool, work: Path, fmt: Any, fam: Any,
            progress: bool) -> tuple[list[tuple[str, str, str | None]], list[Verification]]:
-    tmp = work / "tmp"
     files: list[tuple[str, str, str | None]] = []  # (name, role, quantization)
+    # The adapter's conversion needs only the adapter and the base model: it runs in its own
+    # process while the merge and the merged model's conversion go on here.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        adapter_job = None
+        if want_adapter:
+            _step(progress, "converting the adapter (llama.cpp convert_lora_to_gguf.py), in parallel")
+            adapter_job = pool.submit(llamacpp.convert_lora, lc, run / "adapter", Path(base.path),
+                                      work / "adapter.gguf", "f16")
+        _convert_merged(run, base, lc, quants, work, files, progress)
+        if adapter_job is not None:
+            adapter_job.result()
+            files.append(("adapter.gguf", "adapter", "f16"))
+    num_ctx = max(ws.config.chat.num_ctx, MIN_NUM_CTX)
+    first = quants[0]
+    (work / "Modelfile").write_text(render_modelfile(fmt, f"./model-{first}.gguf", SYSTEM_PROMPT, num_ctx))
+    files.append(("Modelfile", "modelfile", None))
+    if want_adapter:
+        ollama_base = ws.config.ollama.base_model_name or fam.ollama_base
+        (work / "Modelfile.adapter").write_text(
+            render_modelfile(fmt, ollama_base, SYSTEM_PROMPT, num_ctx, adapter="./adapter.gguf"))
+        files.append(("Modelfile.adapter", "modelfile-adapter", None))
+    _step(progress, "verifying every GGUF with llama-cpp-python")
+    arch = None
+    checks: list[Verification] = []
+    for fname, role, _q in files:
+        if role in ("merged", "base"):
+            v = verify_gguf(work / fname, expect_arch=arch)
+            arch = arch or v.architecture
+            checks.append(v)
+    if want_adapter:
+        checks.append(verify_gguf(work / f"base-{first}.gguf", lora=work / "adapter.gguf", expect_arch=arch))
+    return files, checks
+
+
+def _convert_merged(run: Path, base: BaseModel, lc: llamacpp.LlamaCpp, quants: list[str], work: Path,
+                    files: list[tuple[str, str, str | None]], progress: bool) -> None:
+    """Merge the adapter, convert and quantize the merged model; link in the cached base GGUFs."""
+    tmp = work / "tmp"
     _step(progress, f"merging {run.name}/adapter into {base.id}")
     merged = merge_adapter(Path(base.path), run / "adapter", tmp / "hf-merged")
     _step(progress, "converting the merged model to GGUF (llama.cpp convert_hf_to_gguf.py)")
@@ -160,30 +198,6 @@ def _build(ws: Workspace, run: Path, meta: dict[str, Any], base: BaseModel, lc: 
             shutil.copyfile(cached, base_out)
         files.append((base_out.name, "base", q))
     shutil.rmtree(merged, ignore_errors=True)
-    if want_adapter:
-        _step(progress, "converting the adapter (llama.cpp convert_lora_to_gguf.py)")
-        llamacpp.convert_lora(lc, run / "adapter", Path(base.path), work / "adapter.gguf", "f16")
-        files.append(("adapter.gguf", "adapter", "f16"))
-    num_ctx = max(ws.config.chat.num_ctx, MIN_NUM_CTX)
-    first = quants[0]
-    (work / "Modelfile").write_text(render_modelfile(fmt, f"./model-{first}.gguf", SYSTEM_PROMPT, num_ctx))
-    files.append(("Modelfile", "modelfile", None))
-    if want_adapter:
-        ollama_base = ws.config.ollama.base_model_name or fam.ollama_base
-        (work / "Modelfile.adapter").write_text(
-            render_modelfile(fmt, ollama_base, SYSTEM_PROMPT, num_ctx, adapter="./adapter.gguf"))
-        files.append(("Modelfile.adapter", "modelfile-adapter", None))
-    _step(progress, "verifying every GGUF with llama-cpp-python")
-    arch = None
-    checks: list[Verification] = []
-    for fname, role, _q in files:
-        if role in ("merged", "base"):
-            v = verify_gguf(work / fname, expect_arch=arch)
-            arch = arch or v.architecture
-            checks.append(v)
-    if want_adapter:
-        checks.append(verify_gguf(work / f"base-{first}.gguf", lora=work / "adapter.gguf", expect_arch=arch))
-    return files, checks
 
 
 def _template_check(run: Path, fmt: Any) -> dict[str, Any]:
