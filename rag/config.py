@@ -81,6 +81,10 @@ class TeacherConfig(Section):
 
 class RaftConfig(Section):
     p_oracle: float = Field(0.8, ge=0, le=1, description="Probability that the oracle chunk is in the context.")
+    no_oracle: Literal["answer", "refuse"] = Field(
+        "answer", description="Rows whose context lacks the oracle (1 - p_oracle): 'answer' as RAFT does "
+                              "(the model learns the domain by heart), or 'refuse' (it learns to say the "
+                              "documents do not hold the answer; no teacher call).")
     n_distractors: int = Field(4, ge=0, le=32)
     cot: bool = Field(True, description="Chain-of-thought answers quoting the context.")
     quote_begin: str = "##begin_quote##"

@@ -377,11 +377,14 @@ class _Runner:
     async def _answer_all(self, items: list[RaftItem], writers: dict[str, JsonlAppender]) -> None:
         self._progress_start(len(items), "generate")
         try:
-            refusals = [it for it in items if it.extra.get("refusal")]
+            refuse_absent = self.cfg.raft.no_oracle == "refuse"
+            refusals = [it for it in items if it.extra.get("refusal")
+                        or (refuse_absent and it.split == "train" and not it.context.has_oracle)]
             for it in refusals:  # the reply is fixed: no teacher call
                 self._write_refusal(it, writers)
                 self._progress_advance()
-            items = [it for it in items if not it.extra.get("refusal")]
+            done = {id(it) for it in refusals}
+            items = [it for it in items if id(it) not in done]
             if self.teacher is None:
                 for it in items:
                     self._write_reference(it, writers)
@@ -405,6 +408,8 @@ class _Runner:
     def _write_refusal(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
         meta = _meta(it, REFUSAL_ANSWER, False, "none", "refusal", PROMPT_VERSION)
         meta["refusal"] = True
+        if it.answer is not None:  # an answerable question whose oracle was left out (raft.no_oracle: refuse)
+            meta["refusal_reason"] = "oracle_absent"
         writers[it.split].append(build_row(it, REFUSAL_REPLY, meta))
         self.s.new_rows += 1
         self.s.refusal_rows += 1

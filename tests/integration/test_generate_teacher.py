@@ -113,6 +113,30 @@ def test_teacher_none_rows_load_and_render(sample_workspace: Path, smollm2_gguf:
     assert [x["meta"]["id"] for x in after] == [x["meta"]["id"] for x in train[1:]]
 
 
+def test_no_oracle_refuse_turns_oracle_less_rows_into_refusals(sample_workspace: Path) -> None:
+    """raft.no_oracle: refuse -> the (1 - p_oracle) training rows teach the refusal, not a guess."""
+    from rag.cli.main import cli
+
+    cfg = ensure_index(sample_workspace)
+    _set(cfg, raft={"no_oracle": "refuse", "p_oracle": 0.6})
+    r = CliRunner().invoke(cli, ["generate", "--teacher", "none", "--json", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    train, ev = _rows(sample_workspace, "train"), _rows(sample_workspace, "eval")
+    absent = [x for x in train if x["meta"]["reference_answer"] is not None and not x["meta"]["has_oracle"]]
+    assert len(absent) >= 5  # p_oracle 0.6 over ~45 answerable rows
+    for x in absent:
+        assert x["messages"][2]["content"] == REFUSAL_REPLY and x["meta"]["refusal"]
+        assert x["meta"]["refusal_reason"] == "oracle_absent" and x["meta"]["oracle_chunk_ids"]
+    # rows that hold their oracle still answer; unanswerable items are refusals as before
+    answered = [x for x in train if x["meta"]["has_oracle"]]
+    assert answered and all(x["messages"][2]["content"].endswith(x["meta"]["answer"]) for x in answered)
+    assert all(not x["meta"].get("refusal") for x in answered)
+    assert summary["refusal_rows"] == len(absent) + 6
+    # the eval split keeps its RAFT rows: refusing there would hide what the model knows
+    assert all(not x["meta"].get("refusal") for x in ev)
+
+
 @pytest.fixture
 def llama_server(smollm2_gguf: Path, tmp_path: Path):
     port = free_port()
