@@ -268,7 +268,10 @@ def load_items(ws: Workspace, questions: Sequence[str | Path] | None = None, lim
     """Items from question YAML / eval JSONL files, or the workspace's default eval questions."""
     items: list[EvalItem] = []
     for q in questions or []:
-        for p in _question_files(ws.path(q)):
+        # a path typed on the command line is taken from the current folder when it is there,
+        # else from the workspace root (config values and the defaults are root-relative)
+        given = Path(q).expanduser()
+        for p in _question_files(given if given.exists() else ws.path(q)):
             items += load_eval_split(p) if p.suffix == ".jsonl" else load_question_file(p)
     if not questions:
         items = default_questions(ws)
@@ -281,12 +284,14 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
 
     A question counts as found when one of its top-k chunks is an oracle chunk (eval split
     rows) or contains the normalized reference answer (question YAML items). This is the
-    ceiling RAG answers can reach with ``chat.top_k = k``: measure it on your own question
-    set to choose ``chat.mode``.
+    ceiling RAG answers can reach with ``chat.top_k = k`` (after the ``chat.min_score``
+    relevance gate, as in answering): measure it on your own question set to choose ``chat.mode``.
     """
+    from rag.answer import split_relevant
     from rag.retrieve import Retriever
 
     k = k or ws.config.chat.top_k
+    min_score = ws.config.chat.min_score
     answerable = [it for it in items if not it.unanswerable and it.answer]
     if not answerable:
         raise ConfigError("No answerable questions to measure retrieval with; give a question file with answers.")
@@ -294,9 +299,10 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
     try:
         recall: dict[str, float] = {}
         for mode in modes:
-            results = retriever.search_many([it.question for it in answerable], k=k, mode=mode)
+            results = retriever.search_many([it.question for it in answerable], k=k, mode=mode, dense_scores=True)
             found = 0
-            for it, chunks in zip(answerable, results, strict=True):
+            for it, hits in zip(answerable, results, strict=True):
+                chunks, _below = split_relevant(hits, min_score)  # what an answer would be given
                 ref = normalize(it.answer or "")
                 ids = {c.chunk_id for c in chunks}
                 if set(it.oracle_chunk_ids) & ids or any(_contains_words(normalize(c.text), ref) for c in chunks):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from _runtime_ws import make_workspace
 from click.testing import CliRunner
 
@@ -81,6 +82,21 @@ def test_eval_retrieval_needs_answerable_questions(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "q.yaml"),
                                    "--config", str(root / "raftsmith.yaml")])
     assert res.exit_code != 0 and "answerable" in res.output
+
+
+def test_eval_retrieval_counts_only_chunks_past_the_relevance_gate(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "q.yaml").write_text(RECALL_QUESTIONS)
+    cfg = root / "raftsmith.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data.setdefault("chat", {})["min_score"] = 0.99  # no chunk is that close to a question
+    cfg.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)  # a question path typed relative to the current folder
+    res = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", "ws/q.yaml", "--k", "5", "--json",
+                                   "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout)["recall"].values()) == {0.0}
 
 
 def test_eval_retrieval_takes_a_folder_of_question_files(tmp_path: Path) -> None:
