@@ -277,7 +277,7 @@ class _Runner:
         raft, tc = self.cfg.raft, self.cfg.teacher
         if self.teacher is None:
             return
-        items = [it for it in items if it.answer is not None or not it.extra.get("refusal")]  # refusals: no call
+        items = [it for it in items if not it.extra.get("refusal")]  # refusal rows make no call
         p_tok = sum(_estimate_tokens(answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end)) for it in items)
         n_rows = len(items) + self._synth_estimate
         if items and self._synth_estimate:
@@ -377,14 +377,11 @@ class _Runner:
     async def _answer_all(self, items: list[RaftItem], writers: dict[str, JsonlAppender]) -> None:
         self._progress_start(len(items), "generate")
         try:
-            refuse_absent = self.cfg.raft.no_oracle == "refuse"
-            refusals = [it for it in items if it.extra.get("refusal")
-                        or (refuse_absent and it.split == "train" and not it.context.has_oracle)]
+            refusals = [it for it in items if it.extra.get("refusal")]
             for it in refusals:  # the reply is fixed: no teacher call
                 self._write_refusal(it, writers)
                 self._progress_advance()
-            done = {id(it) for it in refusals}
-            items = [it for it in items if id(it) not in done]
+            items = [it for it in items if not it.extra.get("refusal")]
             if self.teacher is None:
                 for it in items:
                     self._write_reference(it, writers)

@@ -138,6 +138,9 @@ def plan_items(
         ctx = sample_context(
             q.id, oracle, hard, pool, n_distractors=raft.n_distractors, p_oracle=raft.p_oracle, seed=raft.seed
         )
+        extra = dict(q.extra)
+        if raft.no_oracle == "refuse" and split == "train" and not ctx.has_oracle:
+            extra["refusal"] = True  # the documents shown lack the answer: the row teaches the refusal
         plan.items.append(
             RaftItem(
                 id=q.id,
@@ -147,7 +150,7 @@ def plan_items(
                 split=split,
                 context=ctx,
                 origin=q.origin,
-                extra=dict(q.extra),
+                extra=extra,
             )
         )
     _plan_refusals(plan, refusals, retriever, raft, search_mode, exclude=eval_oracles)

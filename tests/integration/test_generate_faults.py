@@ -224,6 +224,11 @@ def test_dry_run_estimates_and_calls_nothing(sample_workspace: Path) -> None:
         s = run_generate(load_workspace(cfg), dry_run=True, synthesize=2, progress=False)
         assert srv.calls == 0 and s.dry_run
         assert s.estimated_prompt_tokens > 1000 and s.estimated_cost_usd > 0
+        # raft.no_oracle: refuse -> the oracle-less training rows are refusals: no call to estimate
+        ws = load_workspace(cfg)
+        ws.config.raft.no_oracle = "refuse"
+        s2 = run_generate(ws, dry_run=True, synthesize=2, progress=False)
+        assert srv.calls == 0 and s2.planned == s.planned and s2.estimated_rows < s.estimated_rows
         assert not list((sample_workspace / "training_data").glob("kestrel.*.jsonl"))
 
 
