@@ -36,14 +36,14 @@ KNOWN_NAMES = ("openrouter", "openai", "openai-compatible", "ollama")
 # The shapes of credentials, one table for the teacher-payload redaction
 # (builder.generate.privacy) and the bundle scan (rag.bundle_checks). Labels are what a
 # finding reports; a matched value is never shown.
+# The body of a dash-style key: one run of 16+ letters, digits or underscores holding a digit
+# or a capital, after optional dash-separated prefixes (sk-proj-, sk-ant-api03-, sk-or-v1-):
+# hyphenated prose such as "sk-hynix-memory-roadmap-2025" is not a key.
+_DASH_KEY_BODY = r"(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}"
 KEY_SHAPES: list[tuple[str, re.Pattern[str]]] = [
-    # The key body is one run of 16+ letters, digits or underscores holding a digit or a capital, after
-    # optional dash-separated prefixes (sk-proj-, sk-ant-api03-, sk-or-v1-): hyphenated
-    # prose such as "sk-hynix-memory-roadmap-2025" is not a key.
-    ("an OpenRouter API key (sk-or-...)",
-     re.compile(r"(?<![A-Za-z0-9])sk-or-(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}")),
+    ("an OpenRouter API key (sk-or-...)", re.compile(r"(?<![A-Za-z0-9])sk-or-" + _DASH_KEY_BODY)),
     ("an OpenAI/Anthropic-style API key (sk-/pk-/rk-...)",
-     re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}")),
+     re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-" + _DASH_KEY_BODY)),
     ("a Stripe key (sk_live_/rk_live_...)", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
     ("a GitHub token (ghp_/gho_/ghs_/github_pat_)",
      re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),

@@ -45,11 +45,12 @@ def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
         from rag.packaged import minilm_dir
 
         return minilm_dir()
-    p = Path(name).expanduser()
-    if root is not None and not p.is_absolute():
+    given = Path(name).expanduser()
+    p = given
+    if root is not None and not given.is_absolute():
         # Relative to the workspace only, never to the current folder: commands run from
         # elsewhere must load the same model the index was built with.
-        p = root / p
+        p = root / given
     if p.is_dir():
         if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
             raise ConfigError(
@@ -57,7 +58,7 @@ def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
                 "(no modules.json/config.json); point it at a model folder or use 'default'."
             )
         return p.resolve()
-    if Path(name).expanduser().is_absolute() or name.startswith((".", "~")):
+    if given.is_absolute() or name.startswith((".", "~")):
         raise ConfigError(f"embedding.model folder {p} does not exist; fix the path or use 'default'.")
     try:
         from huggingface_hub import snapshot_download
