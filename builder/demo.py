@@ -182,11 +182,12 @@ def run_demo(
 
 
 def comparison(summary: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Exact-match of base and tuned per retrieval mode, from the eval summary rows."""
+    """The headline (correct: the reference's content in the answer) of base and tuned per
+    retrieval mode, from the eval summary rows."""
     out: dict[str, dict[str, float | None]] = {}
     for row in summary:
         mode = "rag" if row.get("rag") else "no-rag"
-        out.setdefault(mode, {})[str(row.get("model"))] = row.get("exact")
+        out.setdefault(mode, {})[str(row.get("model"))] = row.get("correct")
     return out
 
 
@@ -196,7 +197,7 @@ def print_summary(result: DemoResult) -> None:
 
     console = Console()
     table = Table(title="A/B on held-out paraphrases (Kestrel sample corpus)")
-    for col in ("model", "RAG", "exact", "contains", "F1", "citations ok", "refuses unanswerable", "p50 ms"):
+    for col in ("model", "RAG", "correct", "strict exact", "contains", "F1", "citations ok", "refuses unanswerable", "p50 ms"):
         table.add_column(col)
 
     def fmt(v: Any) -> str:
@@ -206,7 +207,7 @@ def print_summary(result: DemoResult) -> None:
 
     for row in result.eval.get("summary", []):
         table.add_row(str(row.get("model_label") or row.get("model")), "yes" if row.get("rag") else "no",
-                      fmt(row.get("exact")), fmt(row.get("contains")), fmt(row.get("f1")), fmt(row.get("citation_accuracy")),
+                      fmt(row.get("correct")), fmt(row.get("exact")), fmt(row.get("contains")), fmt(row.get("f1")), fmt(row.get("citation_accuracy")),
                       fmt(row.get("refusal_unanswerable")), fmt(row.get("latency_p50_ms")))
     console.print(table)
     steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.steps.items())

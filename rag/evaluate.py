@@ -4,7 +4,12 @@ Questions come from the eval split (training_data/<corpus>.eval.jsonl, rows carr
 chunk ids) and/or question YAML files (items with ``unanswerable: true`` / ``answer: null``
 expect a refusal). Metrics per (model, mode):
 
-* exact: the extracted answer equals the reference after SQuAD-style normalization (case,
+* correct (the headline): the answer states the reference's content, however it is worded:
+  every content word and number of the reference occurs in the extracted answer (the part
+  after ``<ANSWER>:`` when present, else the reply) as a whole token, with case, markdown,
+  punctuation at word edges, thousands separators and unit spellings normalized. A right
+  answer in a full sentence is right; "6400" is not "640" and "10.74.0.7" not "10.7.40.7";
+* exact (strict, a column): the extracted answer equals the reference after SQuAD-style normalization (case,
   punctuation, articles and spacing ignored), so "<ANSWER>: 7431" counts and a paragraph
   that happens to contain 7431 does not;
 * contains: the normalized reference appears somewhere in the extracted answer (lenient:
@@ -108,6 +113,78 @@ def contains_match(prediction: str, reference: str) -> bool:
 def _contains_words(text: str, ref: str) -> bool:
     """``ref`` in ``text`` with no letter or digit glued to either end (both already normalized)."""
     return bool(ref) and re.search(rf"(?<![^\W_]){re.escape(ref)}(?![^\W_])", text) is not None
+
+
+# Units a short answer may spell out or glue to its number: "30 seconds", "30s" and "30 s" are
+# one answer. Keys are the spellings (after lowercasing), values the canonical unit token.
+_UNITS = {
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "ms": "ms", "msec": "ms", "millisecond": "ms", "milliseconds": "ms",
+    "min": "min", "mins": "min", "minute": "min", "minutes": "min",
+    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "d": "d", "day": "d", "days": "d",
+    "%": "%", "percent": "%", "pct": "%",
+    "b": "b", "byte": "b", "bytes": "b", "kb": "kb", "kib": "kib", "mb": "mb", "mib": "mib",
+    "gb": "gb", "gib": "gib", "tb": "tb",
+    "hz": "hz", "khz": "khz", "mhz": "mhz", "ghz": "ghz",
+    "v": "v", "volt": "v", "volts": "v", "mv": "mv", "a": "a", "amp": "a", "amps": "a", "ma": "ma",
+    "w": "w", "watt": "w", "watts": "w", "kw": "kw",
+    "mm": "mm", "cm": "cm", "m": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m", "km": "km",
+    "c": "c", "°c": "c", "celsius": "c", "f": "f", "°f": "f",
+    "nm": "nm", "kg": "kg", "g": "g", "bar": "bar", "psi": "psi", "rpm": "rpm",
+}
+_NUM_UNIT_RE = re.compile(r"^(\d+(?:[.,]\d+)*)([a-z%°]+)$")
+_THOUSANDS_RE = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_STOPWORDS = frozenset(
+    "a an the is are was were be been of to in on at for by with and or it its this that as from "
+    "which who what when where how set default value".split()
+)
+_DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-",
+                         "\u00a0": " ", "\u202f": " ", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def content_tokens(text: str) -> list[str]:
+    """Words and numbers of an answer with format taken out, for the content match.
+
+    Case, markdown, edge punctuation, articles and unicode dashes are ignored; "7,431" is
+    7431; a unit glued to its number is split from it and unit spellings are unified
+    ("30s", "30 sec" and "30 seconds" are the tokens 30, s). Punctuation inside a token is
+    kept: "10.74.0.7" is not "10.7.40.7".
+    """
+    out: list[str] = []
+    for w in _squad_tokens(text.translate(_DASHES).replace("`", " ").replace("**", " ")):
+        if _THOUSANDS_RE.match(w):
+            w = w.replace(",", "")
+        m = _NUM_UNIT_RE.match(w)
+        if m and m.group(2) in _UNITS:
+            out += [m.group(1), _UNITS[m.group(2)]]
+            continue
+        out.append(_UNITS.get(w, w) if out and _is_number(out[-1]) else w)
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    return bool(re.fullmatch(r"\d+(?:[.,]\d+)*", tok))
+
+
+def correct_match(prediction: str, reference: str) -> bool:
+    """The headline metric: the answer states the reference's content, in any wording.
+
+    Every content word and number of the reference appears in the (extracted) answer as a
+    whole token, after :func:`content_tokens`; a reference made only of stopwords must
+    appear as a run. "The relay listens on TCP port 7431." is right for "7431"; "6400" is
+    not "640"; extra words around the answer cost nothing, a missing or different number does.
+    """
+    ref = content_tokens(reference)
+    if not ref:
+        return False
+    pred = content_tokens(prediction)
+    key = [t for t in ref if t not in _STOPWORDS]
+    if not key:
+        n = len(ref)
+        return any(pred[i:i + n] == ref for i in range(len(pred) - n + 1))
+    have = set(pred)
+    return all(t in have for t in key)
 
 
 def is_refusal(text: str) -> bool:
@@ -222,6 +299,7 @@ def _score(item: EvalItem, res: Any) -> dict[str, Any]:
                            "latency_ms": round(res.latency_ms, 1), "cited": cited, "oracle": item.oracle_chunk_ids,
                            "retrieved": [c.chunk_id for c in res.retrieved]}
     if not item.unanswerable and item.answer:
+        row["correct"] = correct_match(pred, item.answer)
         row["exact"] = exact_match(pred, item.answer)
         row["contains"] = contains_match(pred, item.answer)
         row["f1"] = round(token_f1(pred, item.answer), 4)
@@ -241,7 +319,7 @@ def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, An
 
     return {
         "model": model, "rag": rag, "n": len(rows), "answerable": len(ans), "unanswerable": len(una),
-        "exact": rate([r["exact"] for r in ans]), "contains": rate([r.get("contains") for r in ans]), "f1": round(statistics.fmean(r["f1"] for r in ans), 4) if ans else None,
+        "correct": rate([r.get("correct") for r in ans]), "exact": rate([r["exact"] for r in ans]), "contains": rate([r.get("contains") for r in ans]), "f1": round(statistics.fmean(r["f1"] for r in ans), 4) if ans else None,
         "citation_accuracy": rate([r["citation_correct"] for r in cit]),
         "oracle_recall": rate([r["oracle_retrieved"] for r in ans if r.get("oracle_retrieved") is not None]) if rag else None,
         "refusal_unanswerable": rate([r["refused"] for r in una]),
@@ -350,7 +428,7 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
                     except RaftsmithError as err:  # one failing question is a row, not the end of the run
                         rows.append({"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
                                      "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
-                                     "retrieved": [], "error": str(err), **({} if it.unanswerable else {"exact": False, "contains": False, "f1": 0.0})})
+                                     "retrieved": [], "error": str(err), **({} if it.unanswerable else {"correct": False, "exact": False, "contains": False, "f1": 0.0})})
                         continue
                     rows.append(_score(it, res))
                 for r in rows:
@@ -374,7 +452,7 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
 
 # --- outputs -------------------------------------------------------------------------------
 
-COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("exact", "exact"), ("contains", "contains"),
+COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("correct", "correct"), ("exact", "strict exact"), ("contains", "contains"),
            ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable"),
            ("false_refusal", "false refusals"), ("judge_score", "judge"), ("latency_p50_ms", "p50 ms")]
 
@@ -399,11 +477,11 @@ def write_outputs(report: EvalReport, ws: Workspace) -> None:
     head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
     sep = "|" + "---|" * len(COLUMNS)
     body = ["| " + " | ".join(_fmt(s.get(k)) for k, _ in COLUMNS) + " |" for s in report.summary]
-    per_q = ["| model | RAG | id | reference | answer | exact | cited oracle | refused |", "|---|---|---|---|---|---|---|---|"]
+    per_q = ["| model | RAG | id | reference | answer | correct | exact | cited oracle | refused |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report.rows:
         ans = str(r["answer"]).replace("|", "\\|").replace("\n", " ")[:80]
         per_q.append(f"| {r['model']} | {_fmt(r['rag'])} | {r['id']} | {_fmt(r['reference'])} | {ans} | "
-                     f"{_fmt(r.get('exact'))} | {_fmt(r.get('citation_correct'))} | {_fmt(r['refused'])} |")
+                     f"{_fmt(r.get('correct'))} | {_fmt(r.get('exact'))} | {_fmt(r.get('citation_correct'))} | {_fmt(r['refused'])} |")
     md = [f"# raftsmith eval: {ws.config.corpus.name}", "", f"Created {meta['created_at']}.", "", head, sep, *body, "",
           "![metrics](chart.png)", "", "## Per question", "", *per_q, ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
@@ -411,14 +489,14 @@ def write_outputs(report: EvalReport, ws: Workspace) -> None:
     q_html = "".join(
         f"<tr><td>{html.escape(r['model'])}</td><td>{_fmt(r['rag'])}</td><td>{html.escape(r['id'])}</td>"
         f"<td>{html.escape(_fmt(r['reference']))}</td><td>{html.escape(str(r['answer'])[:200])}</td>"
-        f"<td>{_fmt(r.get('exact'))}</td><td>{_fmt(r.get('citation_correct'))}</td><td>{_fmt(r['refused'])}</td></tr>"
+        f"<td>{_fmt(r.get('correct'))}</td><td>{_fmt(r.get('exact'))}</td><td>{_fmt(r.get('citation_correct'))}</td><td>{_fmt(r['refused'])}</td></tr>"
         for r in report.rows)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>raftsmith eval</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
             f"</style></head><body><h1>raftsmith eval: {html.escape(ws.config.corpus.name)}</h1><p>Created {meta['created_at']}</p>"
             "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in COLUMNS) + f"</tr>{rows_html}</table>"
             "<p><img src='chart.png' alt='metrics chart'></p><h2>Per question</h2><table><tr><th>model</th><th>RAG</th><th>id</th>"
-            f"<th>reference</th><th>answer</th><th>exact</th><th>cited oracle</th><th>refused</th></tr>{q_html}</table></body></html>")
+            f"<th>reference</th><th>answer</th><th>correct</th><th>exact</th><th>cited oracle</th><th>refused</th></tr>{q_html}</table></body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
     _chart(report, out / "chart.png")
 
@@ -429,7 +507,7 @@ def _chart(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("exact", "exact"), ("contains", "contains"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
+    metrics = [("correct", "correct"), ("exact", "strict exact"), ("contains", "contains"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
     fig, ax = plt.subplots(figsize=(8, 4))
     n = max(1, len(report.summary))
     width = 0.8 / n

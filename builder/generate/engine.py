@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +367,7 @@ class _Runner:
                 out.append((c.chunk_id, got))
 
         try:
-            await asyncio.gather(*(one(c) for c in chunks))
+            await self._all(one(c) for c in chunks)
         finally:
             self._progress_stop()
         # deterministic order whatever the completion order was
@@ -387,9 +387,29 @@ class _Runner:
                     self._write_reference(it, writers)
                     self._progress_advance()
                 return
-            await asyncio.gather(*(self._answer_one(it, writers) for it in items))
+            await self._all(self._answer_one(it, writers) for it in items)
         finally:
             self._progress_stop()
+
+    async def _all(self, coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+        """Run the requests to their end; the first error stops new ones and is raised last.
+
+        A bare gather raises at the first error while the other requests still run: their
+        replies then reached the teacher cache and the row files after the caller had
+        closed them (a SIGSEGV in sqlite3, once). Here nothing is in flight on return.
+        """
+
+        async def guarded(c: Coroutine[Any, Any, None]) -> None:
+            try:
+                await c
+            except BaseException:
+                self.stop = True  # requests not started yet return at once
+                raise
+
+        results = await asyncio.gather(*(guarded(c) for c in coros), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     def _write_reference(self, it: RaftItem, writers: dict[str, JsonlAppender]) -> None:
         raft = self.cfg.raft

@@ -102,8 +102,9 @@ class JsonlAppender:
             os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        with self._lock:  # an append in flight on a worker thread finishes first
+            if not self._f.closed:
+                self._f.close()
 
     def __enter__(self) -> JsonlAppender:
         return self

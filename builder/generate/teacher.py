@@ -148,27 +148,37 @@ class TeacherCache:
         )
         self._db.commit()
 
+    # One connection, used by one thread at a time: every touch of it, close included, holds
+    # the lock. Closing a sqlite3 connection while another thread is inside execute() on it
+    # frees memory that thread is using (a SIGSEGV in generate, once). A put or get that
+    # comes after close() finds no connection and does nothing.
     def get(self, key: tuple[str, str, str, str, str]) -> tuple[str, int, int] | None:
-        if self._db is None:
-            return None
         with self._lock:
+            if self._db is None:
+                return None
             row = self._db.execute(
                 "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE provider=? AND model=? AND"
                 " prompt_version=? AND prompt_hash=? AND attempt=?", key
             ).fetchone()
         return None if row is None else (row[0], int(row[1]), int(row[2]))
 
-    def put(self, key: tuple[str, str, str, str, str], text: str, p_tok: int, c_tok: int) -> None:
-        if self._db is None:
-            return
+    def put(self, key: tuple[str, str, str, str, str], text: str, p_tok: int, c_tok: int) -> bool:
+        """Store a reply; False when the cache is closed (or has no file)."""
         with self._lock:
+            if self._db is None:
+                if self.path is not None:
+                    log.debug("teacher cache closed before a reply could be stored; it will be asked again on rerun")
+                return False
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?)", (*key, text, p_tok, c_tok, time.time()))
             self._db.commit()
+            return True
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close once any write in flight has finished (it holds the lock until committed)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 # ---------------------------------------------------------------- client

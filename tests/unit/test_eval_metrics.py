@@ -9,6 +9,8 @@ import pytest
 from rag.errors import ConfigError
 from rag.evaluate import (
     contains_match,
+    content_tokens,
+    correct_match,
     exact_match,
     is_refusal,
     load_question_file,
@@ -46,6 +48,32 @@ def test_punctuation_inside_an_answer_is_kept() -> None:
 def test_contains_needs_whole_words() -> None:
     assert not contains_match("a batch of 6400", "640") and not contains_match("code E-4170", "E-417")
     assert contains_match("The batch size is 640.", "640") and contains_match("error E-417, then", "E-417")
+
+
+def test_correct_is_content_not_format() -> None:
+    # The base model's full sentence from the demo is a right answer.
+    assert correct_match("The relay sends sensor readings to the KX-7 on the TCP port 7431.", "7431")
+    assert correct_match("7431", "7431") and correct_match("**7431**", "7431")
+    assert correct_match("It is `/etc/kestrel/kx7.toml`.", "/etc/kestrel/kx7.toml")
+    # Wrong content is wrong however it is worded.
+    assert not correct_match("The relay listens on TCP port 7432.", "7431")
+    assert not correct_match("I do not know.", "7431") and not correct_match("", "7431")
+    # Whole numbers and tokens: no digit run or dotted quad matches inside another.
+    assert not correct_match("10.7.40.7", "10.74.0.7") and correct_match("Use 10.74.0.7.", "10.74.0.7")
+    assert not correct_match("a batch of 6400", "640") and correct_match("a batch of 640 rows", "640")
+    assert not correct_match("OV-FAN-2.7", "OV-FAN-27")
+    # Every content word of a longer reference must be there, in any order.
+    assert correct_match("The uplink certificate had expired.", "expired uplink certificate")
+    assert not correct_match("The certificate had expired.", "expired uplink certificate")
+
+
+def test_correct_normalizes_units_and_separators() -> None:
+    assert correct_match("It waits 30 seconds.", "30 s") and correct_match("30s", "30 seconds")
+    assert correct_match("after 30 sec", "30 s") and not correct_match("after 300 seconds", "30 s")
+    assert correct_match("7,431 ms", "7431 milliseconds") and correct_match("Retention is 73 days.", "73 days")
+    assert correct_match("85%", "85 percent") and not correct_match("58%", "85 percent")
+    assert correct_match("E–931", "E-931")
+    assert content_tokens("**30s**, then 7,431") == ["30", "s", "then", "7431"]
 
 
 def test_token_f1_hand_computed() -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from builder.families import CHAT_FORMATS
 from builder.train.data import IGNORE, encode_row, encode_rows, make_renderer
 from rag.errors import TrainingError
+from conftest import require_shared
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<s>", "</s>",
            "<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -24,7 +24,6 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "peer" / "ollama-templates" / "testdata"
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +53,8 @@ def offline_tokenizer(chat_template: str, bos: str = "<s>", eos: str = "</s>"):
 
 
 def _jsonl_template(fmt: str, line: int) -> str:
-    name, template = next(iter(json.loads((SHARED / "templates.jsonl").read_text().splitlines()[line]).items()))
+    testdata = require_shared() / "peer" / "ollama-templates" / "testdata"
+    name, template = next(iter(json.loads((testdata / "templates.jsonl").read_text().splitlines()[line]).items()))
     assert name == fmt
     return template
 
