@@ -136,8 +136,7 @@ _UNITS = {
 _NUM_UNIT_RE = re.compile(r"^(\d+(?:[.,]\d+)*)([a-z%°]+)$")
 _THOUSANDS_RE = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _STOPWORDS = frozenset(
-    "a an the is are was were be been of to in on at for by with and or it its this that as from "
-    "which who what when where how set default value".split()
+    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "of", "to", "in", "on", "at", "for", "by", "with", "and", "or", "it", "its", "this", "that", "as", "from", "which", "who", "what", "when", "where", "how", "set", "default", "value"]
 )
 _DASHES = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-",
                          "\u00a0": " ", "\u202f": " ", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})

@@ -11,11 +11,11 @@ import json
 from functools import lru_cache
 
 import pytest
+from conftest import require_shared
 
 from builder.families import CHAT_FORMATS
 from builder.train.data import IGNORE, encode_row, encode_rows, make_renderer
 from rag.errors import TrainingError
-from conftest import require_shared
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<s>", "</s>",
            "<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
