@@ -91,7 +91,21 @@ class RaftConfig(Section):
     quote_end: str = "##end_quote##"
     synthesize_per_chunk: int = Field(0, ge=0, description="Questions synthesized per chunk (0 = only question files).")
     questions: list[str] = Field(default_factory=lambda: ["domain_questions"], description="Question YAML files or folders.")
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of facts with several phrasings that give one to "
+                                 "eval (eval_split: phrasings), or of items held out (facts).")
+    eval_split: Literal["phrasings", "facts", "none"] = Field(
+        "phrasings", description="What the eval split holds out. 'phrasings': extra phrasings of facts that are "
+                                 "still trained on (closed-book knowledge in new words; no fact is withheld). "
+                                 "'facts': whole chunks and their questions (reading unseen facts with RAG). "
+                                 "'none': everything is trained on.")
+    rag_rows: Literal["every_phrasing", "first_phrasing"] = Field(
+        "every_phrasing", description="Which phrasings of a fact get a RAFT row (documents shown): every one, or "
+                                      "only the item's own question (paraphrases then get closed-book rows only: "
+                                      "a CPU-speed setting, RAFT rows are the long ones).")
+    closed_book: float = Field(
+        1.0, ge=0, le=1, description="Share of training phrasings that also get a closed-book row: the question "
+                                     "with no documents, answered with the fact, so the model knows it without "
+                                     "retrieval. 0 switches them off.")
     refusal_rows: bool = Field(
         True,
         description="Question-file items marked unanswerable (answer: null) become training rows whose reply "
@@ -127,6 +141,14 @@ class StudentConfig(Section):
     max_seq_len: int = Field(1024, ge=64)
     packing: bool = False
     seed: int = 0
+    select_epoch: Literal["closed_book", "last"] = Field(
+        "closed_book", description="Which epoch's adapter to keep: 'closed_book' scores each epoch on the eval "
+                                   "split's held-out phrasings with no documents and keeps the best; 'last' keeps "
+                                   "the final one.")
+    select_patience: int | None = Field(
+        None, ge=1, description="With select_epoch: closed_book, stop after this many epochs without a better score "
+                                "(default: run every epoch).")
+    select_max_questions: int = Field(64, ge=1, description="At most this many eval phrasings are scored per epoch.")
     output_dir: str = Field(f"{STATE_DIR}/runs", description="Where checkpoints and adapters go.")
 
 

@@ -284,6 +284,7 @@ class EvalReport:
     out_dir: Path
     summary: list[dict[str, Any]]
     rows: list[dict[str, Any]]
+    probe: dict[str, Any] | None = None  # the forgetting probe, when run
 
     def table(self) -> list[dict[str, Any]]:
         return self.summary
@@ -307,6 +308,66 @@ def _score(item: EvalItem, res: Any) -> dict[str, Any]:
     return row
 
 
+# --- the forgetting probe ----------------------------------------------------------------------
+
+@dataclass
+class ProbeItem:
+    id: str
+    question: str
+    answers: list[str]
+
+
+def load_probe(path: Path | None = None) -> list[ProbeItem]:
+    """The packaged general-knowledge questions (rag/data/general_knowledge.yaml), or ``path``."""
+    path = path or Path(__file__).resolve().parent / "data" / "general_knowledge.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"Cannot read the forgetting probe {path}: {err}") from None
+    items = [ProbeItem(str(it["id"]), str(it["question"]), [str(a) for a in it["answers"]])
+             for g in data["questions"] for it in g["items"]]
+    if not items or any(not it.answers for it in items):
+        raise ConfigError(f"{path}: every probe item needs an id, a question and a list of answers.")
+    return items
+
+
+def probe_correct(prediction: str, answers: Sequence[str]) -> bool:
+    return any(correct_match(prediction, a) for a in answers)
+
+
+def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = None,
+              progress: Callable[[str], None] | None = None, max_tokens: int = 24,
+              limit: int | None = None) -> dict[str, Any]:
+    """General questions closed book through each model: what tuning made the model forget.
+
+    ``retention`` of a model is the share of the base model's right answers that it still
+    gets right (1.0 = nothing the base knew was lost); ``right`` counts each model's own.
+    """
+    items = load_probe()[:limit] if limit else load_probe()
+    right: dict[str, set[str]] = {}
+    answers: dict[str, dict[str, str]] = {}
+    for model in models:
+        right[model], answers[model] = set(), {}
+        for i, it in enumerate(items, start=1):
+            if progress and (i == 1 or i % 20 == 0 or i == len(items)):
+                progress(f"{model} forgetting probe {i}/{len(items)}")
+            res = engine.answer(it.question, model=model, backend=backend, rag=False, event="eval",
+                                max_tokens=max_tokens, extra={"probe_item": it.id})
+            answers[model][it.id] = res.answer
+            if probe_correct(res.answer, it.answers):
+                right[model].add(it.id)
+    out: dict[str, Any] = {"n": len(items), "max_tokens": max_tokens,
+                           "right": {m: len(r) for m, r in right.items()}, "retention": {}}
+    base = right.get("base")
+    for model, got in right.items():
+        if base is not None and model != "base":
+            out["retention"][model] = round(len(got & base) / len(base), 4) if base else None
+    out["rows"] = [{"id": it.id, "question": it.question, "answers": it.answers,
+                    **{f"{m}_answer": answers[m][it.id] for m in models},
+                    **{f"{m}_right": it.id in right[m] for m in models}} for it in items]
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, Any]:
     ans = [r for r in rows if not r["unanswerable"] and r.get("reference")]
     una = [r for r in rows if r["unanswerable"]]
@@ -322,6 +383,9 @@ def summarize(rows: list[dict[str, Any]], model: str, rag: bool) -> dict[str, An
         "citation_accuracy": rate([r["citation_correct"] for r in cit]),
         "oracle_recall": rate([r["oracle_retrieved"] for r in ans if r.get("oracle_retrieved") is not None]) if rag else None,
         "refusal_unanswerable": rate([r["refused"] for r in una]),
+        # of the questions the model did not answer right (unanswerable ones included), the share
+        # it answered anyway instead of saying it does not know: invented or stale domain facts
+        "confident_wrong": rate([not r["refused"] for r in [*una, *(a for a in ans if not a.get("correct"))]]),
         "false_refusal": rate([r["refused"] for r in ans]),
         "latency_mean_ms": round(statistics.fmean(lat), 1) if lat else None,
         "latency_p50_ms": round(percentile(lat, 0.5), 1), "latency_p95_ms": round(percentile(lat, 0.95), 1),
@@ -394,10 +458,12 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
              questions: Sequence[str | Path] | None = None, out_dir: str | Path | None = None, backend: str | None = None,
              limit: int | None = None, progress: Callable[[str], None] | bool | None = None,
-             judge: bool = False) -> EvalReport:
+             judge: bool = False, forgetting: bool = False, probe_limit: int | None = None) -> EvalReport:
     """Every question through models x rag_modes; writes results.json, report.md/.html, chart.png.
 
     ``progress``: a callable taking one status line, True (print to stderr) or None/False.
+    ``forgetting``: also ask the packaged general-knowledge probe closed book (needs 'base' among
+    the models for retention).
     """
     if progress is True:
         import sys
@@ -434,6 +500,7 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
                     r.update(model=model, model_label=ref.label, rag=rag)
                 all_rows += rows
                 summary.append(summarize(rows, model, rag) | {"model_label": ref.label, "digest": ref.digest})
+        probe = run_probe(engine, models, backend, progress or None, limit=probe_limit) if forgetting else None
     finally:
         engine.close()
     if judge:
@@ -444,7 +511,11 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
             grades = [r["judge"]["score"] for r in all_rows
                       if r["model"] == s["model"] and r["rag"] == s["rag"] and "score" in r.get("judge", {})]
             s["judge_score"] = round(statistics.fmean(grades), 4) if grades else None
-    report = EvalReport(out, summary, all_rows)
+    if probe is not None:
+        for srow in summary:
+            srow["general_right"] = round(probe["right"][srow["model"]] / probe["n"], 4)
+            srow["retention"] = probe["retention"].get(srow["model"])
+    report = EvalReport(out, summary, all_rows, probe)
     write_outputs(report, ws)
     return report
 
@@ -453,7 +524,9 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
 
 COLUMNS = [("model", "model"), ("rag", "RAG"), ("n", "n"), ("correct", "correct"), ("exact", "strict exact"), ("contains", "contains"),
            ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable"),
-           ("false_refusal", "false refusals"), ("judge_score", "judge"), ("latency_p50_ms", "p50 ms")]
+           ("false_refusal", "false refusals"), ("confident_wrong", "answers anyway when wrong"),
+           ("general_right", "general knowledge"), ("retention", "retention"),
+           ("judge_score", "judge"), ("latency_p50_ms", "p50 ms")]
 
 
 def _fmt(v: Any) -> str:
@@ -471,7 +544,8 @@ def write_outputs(report: EvalReport, ws: Workspace) -> None:
     meta = {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "workspace": str(ws.root),
             "corpus": ws.config.corpus.name, "backend": ws.config.chat.backend, "top_k": ws.config.chat.top_k,
             "min_score": ws.config.chat.min_score}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": report.summary, "rows": report.rows},
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": report.summary, "rows": report.rows,
+                                                  "forgetting_probe": report.probe},
                                                  indent=2, ensure_ascii=False), encoding="utf-8")
     head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
     sep = "|" + "---|" * len(COLUMNS)
@@ -481,8 +555,17 @@ def write_outputs(report: EvalReport, ws: Workspace) -> None:
         ans = str(r["answer"]).replace("|", "\\|").replace("\n", " ")[:80]
         per_q.append(f"| {r['model']} | {_fmt(r['rag'])} | {r['id']} | {_fmt(r['reference'])} | {ans} | "
                      f"{_fmt(r.get('correct'))} | {_fmt(r.get('exact'))} | {_fmt(r.get('citation_correct'))} | {_fmt(r['refused'])} |")
+    probe_md: list[str] = []
+    probe_html = ""
+    if report.probe is not None:
+        p = report.probe
+        line = (f"{p['n']} general questions, closed book: right " + ", ".join(f"{m} {n}" for m, n in p["right"].items())
+                + ("; retention of the base model's right answers " + ", ".join(f"{m} {_fmt(v)}" for m, v in p["retention"].items())
+                   if p["retention"] else ""))
+        probe_md = ["## Forgetting probe", "", line + ".", ""]
+        probe_html = f"<h2>Forgetting probe</h2><p>{html.escape(line)}.</p>"
     md = [f"# raftsmith eval: {ws.config.corpus.name}", "", f"Created {meta['created_at']}.", "", head, sep, *body, "",
-          "![metrics](chart.png)", "", "## Per question", "", *per_q, ""]
+          "![metrics](chart.png)", "", *probe_md, "## Per question", "", *per_q, ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(s.get(k)))}</td>" for k, _ in COLUMNS) + "</tr>" for s in report.summary)
     q_html = "".join(
@@ -494,7 +577,7 @@ def write_outputs(report: EvalReport, ws: Workspace) -> None:
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
             f"</style></head><body><h1>raftsmith eval: {html.escape(ws.config.corpus.name)}</h1><p>Created {meta['created_at']}</p>"
             "<table><tr>" + "".join(f"<th>{h}</th>" for _, h in COLUMNS) + f"</tr>{rows_html}</table>"
-            "<p><img src='chart.png' alt='metrics chart'></p><h2>Per question</h2><table><tr><th>model</th><th>RAG</th><th>id</th>"
+            f"<p><img src='chart.png' alt='metrics chart'></p>{probe_html}<h2>Per question</h2><table><tr><th>model</th><th>RAG</th><th>id</th>"
             f"<th>reference</th><th>answer</th><th>correct</th><th>exact</th><th>cited oracle</th><th>refused</th></tr>{q_html}</table></body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
     _chart(report, out / "chart.png")
@@ -506,7 +589,10 @@ def _chart(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("correct", "correct"), ("exact", "strict exact"), ("contains", "contains"), ("f1", "F1"), ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
+    metrics = [("correct", "correct"), ("exact", "strict exact"), ("contains", "contains"), ("f1", "F1"),
+               ("citation_accuracy", "citations ok"), ("refusal_unanswerable", "refuses unanswerable")]
+    if report.probe is not None:
+        metrics.append(("retention", "retention"))
     fig, ax = plt.subplots(figsize=(8, 4))
     n = max(1, len(report.summary))
     width = 0.8 / n

@@ -60,6 +60,14 @@ def _print_summary(s: object) -> None:
         t.add_row("estimated cost", f"${d['estimated_cost_usd']:.4f}")
     else:
         t.add_row("rows", f"train {d['train_rows']}  eval {d['eval_rows']}  (new {d['new_rows']}, kept from before {d['resumed_rows']})")
+        t.add_row("row kinds", f"closed book {d['closed_book_rows']}  refusal {d['refusal_rows']}  "
+                  f"(RAFT rows are the rest)")
+        sp = d.get("split") or {}
+        if sp:
+            hint = "" if sp.get("facts_with_eval_phrasing") or sp["eval_split"] != "phrasings" else (
+                "  (no fact has a second phrasing to hold out: add paraphrases: to your items, or a holdout file)")
+            t.add_row("eval split", f"{sp['eval_split']}: {sp['facts_trained']}/{sp['facts']} facts trained, "
+                      f"{sp['facts_with_eval_phrasing']} with a held-out phrasing, {sp['facts_withheld']} withheld{hint}")
         t.add_row("quotes verified", str(d["quotes_verified_rows"]))
         t.add_row("teacher calls", f"{d['calls']} (cache hits {d['cache_hits']}, retries {d['retries']})")
         t.add_row("tokens", f"{d['prompt_tokens']:,} in / {d['completion_tokens']:,} out")

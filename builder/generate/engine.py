@@ -27,11 +27,12 @@ from builder.generate.questions import (
     SYNTH_PROMPT_VERSION,
     Question,
     load_questions,
+    phrasing_key,
     questions_from_synthesis,
     synthesis_messages,
     synthesis_schema,
 )
-from builder.generate.raft import RaftItem, build_row, reference_completion
+from builder.generate.raft import RaftItem, build_row, closed_book_reply, reference_completion
 from rag.config import Workspace
 from rag.errors import ConfigError, IndexStoreError, TeacherError
 from rag.prompting import PROMPT_VERSION, REFUSAL_ANSWER, REFUSAL_REPLY
@@ -51,6 +52,7 @@ class GenerateSummary:
     eval_rows: int = 0
     new_rows: int = 0
     refusal_rows: int = 0
+    closed_book_rows: int = 0  # rows with no documents, answered with the fact
     resumed_rows: int = 0
     planned: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -72,6 +74,7 @@ class GenerateSummary:
     torn_bytes_repaired: int = 0
     decontamination: dict[str, Any] = field(default_factory=dict)
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)  # what eval holds out (also <corpus>.split.json)
     files: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     answer_s: float = 0.0  # wall time of the answering phase alone (throughput = new_rows / answer_s)
@@ -86,6 +89,59 @@ class GenerateSummary:
 def output_paths(ws: Workspace) -> dict[str, Path]:
     name = ws.config.corpus.name
     return {s: ws.training_dir / f"{name}.{s}.jsonl" for s in ("train", "eval")}
+
+
+def holdout_questions(ws: Workspace, loaded: Sequence[Question]) -> list[Question]:
+    """Held-out question files in the workspace's domain_questions/ that this run did not load
+    (raft.questions may name only the training files): their phrasings must not be trained on."""
+    from builder.generate.questions import load_question_file
+
+    seen = {q.origin for q in loaded}
+    out: list[Question] = []
+    for f in sorted((ws.root / "domain_questions").glob("*.y*ml")):
+        if str(f) in seen:
+            continue
+        try:
+            qs = load_question_file(f)
+        except ConfigError:
+            continue  # not ours to judge here: a broken file that generate was not asked to read
+        out += [q for q in qs if q.held_out]
+    return out
+
+
+def check_no_heldout_collision(items: Sequence[RaftItem], questions: Sequence[Question]) -> None:
+    """A phrasing trained on cannot measure knowledge: refuse one that is also held out."""
+    held = {phrasing_key(q.question): q for q in questions if q.held_out}
+    for it in items:
+        q = held.get(phrasing_key(it.question))
+        if it.split == "train" and q is not None:
+            raise ConfigError(
+                f"The training question '{it.question}' ({it.id}, {it.origin}) is also held out for evaluation "
+                f"as {q.id} ({q.origin}). A phrasing that is trained on cannot measure what the model learned: "
+                "reword or remove one of the two, then rerun generate (finished rows are kept)."
+            )
+
+
+def split_manifest(items: Sequence[RaftItem], raft: Any) -> dict[str, Any]:
+    """What the eval split holds out and why, for the summary and <corpus>.split.json."""
+    rows = [it for it in items if not it.extra.get("closed_book_of")]
+    facts: dict[str, set[str]] = {}
+    for it in rows:
+        if it.answer is not None:
+            facts.setdefault(str(it.extra.get("fact") or it.id), set()).add(it.split)
+    return {
+        "eval_split": raft.eval_split, "eval_fraction": raft.eval_fraction, "seed": raft.seed,
+        "closed_book_share": raft.closed_book,
+        "facts": len(facts),
+        "facts_trained": sum("train" in s for s in facts.values()),
+        "facts_with_eval_phrasing": sum("eval" in s for s in facts.values()),
+        "facts_withheld": sum(s == {"eval"} for s in facts.values()),
+        "rows": {"raft_train": sum(it.split == "train" and not it.extra.get("refusal") for it in rows),
+                 "refusal": sum(bool(it.extra.get("refusal")) for it in rows),
+                 "closed_book": sum(bool(it.extra.get("closed_book_of")) for it in items),
+                 "eval": sum(it.split == "eval" for it in rows)},
+        "eval_ids": sorted(it.id for it in rows if it.split == "eval"),
+    }
 
 
 def _chunk_sha(text: str) -> str:
@@ -221,12 +277,14 @@ class _Runner:
             if n_synth:
                 qs = qs + await self._synthesize(retriever.all_chunks(), n_synth, dry_run)
             plan = plan_items(qs, retriever, raft, need_reference=self.teacher is None, limit=limit)
+            check_no_heldout_collision(plan.items, [*qs, *holdout_questions(self.ws, qs)])
             for k, v in plan.dropped.items():
                 self.s.drop(k, v)
             self.s.near_duplicates = plan.duplicates
             self.s.planned = len(plan.items)
             paths = output_paths(self.ws)
             self.s.files = {k: str(v) for k, v in paths.items()}
+            self.s.split = split_manifest(plan.items, raft)
             if dry_run:
                 self._estimate(plan.items)
                 return self._finish(t0)
@@ -271,13 +329,20 @@ class _Runner:
             tmp = out.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(self.s.to_dict(), indent=2, default=str), encoding="utf-8")
             os.replace(tmp, out)
+            if self.s.split:  # the training data's manifest: what eval holds out, beside the rows
+                man = self.ws.training_dir / f"{self.cfg.corpus.name}.split.json"
+                man.parent.mkdir(parents=True, exist_ok=True)
+                tmp = man.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(self.s.split, indent=2), encoding="utf-8")
+                os.replace(tmp, man)
         return self.s
 
     def _estimate(self, items: list[RaftItem]) -> None:
         raft, tc = self.cfg.raft, self.cfg.teacher
         if self.teacher is None:
             return
-        items = [it for it in items if not it.extra.get("refusal")]  # refusal rows make no call
+        # refusal and closed-book rows make no call
+        items = [it for it in items if not it.extra.get("refusal") and not it.extra.get("closed_book_of")]
         p_tok = sum(_estimate_tokens(answer_messages(it, raft.cot, raft.quote_begin, raft.quote_end)) for it in items)
         n_rows = len(items) + self._synth_estimate
         if items and self._synth_estimate:
@@ -381,15 +446,38 @@ class _Runner:
             for it in refusals:  # the reply is fixed: no teacher call
                 self._write_refusal(it, writers)
                 self._progress_advance()
-            items = [it for it in items if not it.extra.get("refusal")]
+            closed = [it for it in items if it.extra.get("closed_book_of") and not it.extra.get("refusal")]
+            items = [it for it in items if not it.extra.get("refusal") and not it.extra.get("closed_book_of")]
             if self.teacher is None:
                 for it in items:
                     self._write_reference(it, writers)
                     self._progress_advance()
-                return
-            await self._all(self._answer_one(it, writers) for it in items)
+            else:
+                await self._all(self._answer_one(it, writers) for it in items)
+            self._write_closed_book(closed, writers)
         finally:
             self._progress_stop()
+
+    def _write_closed_book(self, items: list[RaftItem], writers: dict[str, JsonlAppender]) -> None:
+        """Closed-book rows: the reference answer, or the answer the teacher gave the same
+        question with its documents (no second call). A question whose RAFT row failed
+        gets none."""
+        answers: dict[str, str] = {}
+        if any(it.answer is None for it in items):
+            answers = {str(r["meta"]["id"]): str(r["meta"]["answer"]) for r in read_rows(writers["train"].path)
+                       if isinstance(r, dict) and r.get("meta", {}).get("answer")}
+        for it in items:
+            answer = it.answer or answers.get(str(it.extra["closed_book_of"]))
+            if not answer:
+                self.s.drop("closed_book_without_answer")
+            else:
+                meta = _meta(it, answer, False, "none", "reference" if it.answer else "teacher-answer", PROMPT_VERSION)
+                meta["closed_book"] = True
+                meta["closed_book_of"] = it.extra["closed_book_of"]
+                writers[it.split].append(build_row(it, closed_book_reply(answer), meta))
+                self.s.new_rows += 1
+                self.s.closed_book_rows += 1
+            self._progress_advance()
 
     async def _all(self, coros: Iterable[Coroutine[Any, Any, None]]) -> None:
         """Run the requests to their end; the first error stops new ones and is raised last.

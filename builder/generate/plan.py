@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.generate.quality import near_duplicates, split_by_chunk
+from builder.generate.quality import near_duplicates, split_by_chunk, split_by_phrasing
 from builder.generate.questions import Question
 from builder.generate.raft import (
     RaftContext,
     RaftItem,
     hard_negatives_below,
+    item_rng,
     normalize_answer,
     sample_context,
 )
@@ -118,12 +119,10 @@ def plan_items(
         kept = kept[:limit]
         refusals = refusals[: limit - len(kept)]
 
-    # facts with held-out paraphrases are trained on: the paraphrase set is their evaluation
-    paraphrased = {str(q.extra["paraphrase_of"]) for q in questions if q.extra.get("paraphrase_of")}
-    splits = split_by_chunk(
-        [(q.id, [c.chunk_id for c in oracles[q.id]]) for q in kept], raft.eval_fraction, raft.seed, force_train=paraphrased
-    )
-    eval_oracles = {c.chunk_id for q in kept if splits[q.id] == "eval" for c in oracles[q.id]}
+    splits = _splits(questions, kept, oracles, raft)
+    # 'facts' mode: eval oracles are unseen in training
+    eval_oracles = ({c.chunk_id for q in kept if splits[q.id] == "eval" for c in oracles[q.id]}
+                    if raft.eval_split == "facts" else set())
     # train contexts never show an eval oracle, so no held-out fact leaks into training
     train_pool = [c for c in chunks if c.chunk_id not in eval_oracles]
     for q in kept:
@@ -141,20 +140,62 @@ def plan_items(
         extra = dict(q.extra)
         if raft.no_oracle == "refuse" and split == "train" and not ctx.has_oracle:
             extra["refusal"] = True  # the documents shown lack the answer: the row teaches the refusal
-        plan.items.append(
-            RaftItem(
-                id=q.id,
-                question=q.question,
-                answer=q.answer,
-                category=q.category,
-                split=split,
-                context=ctx,
-                origin=q.origin,
-                extra=extra,
+        raft_row = not (raft.rag_rows == "first_phrasing" and split == "train" and q.extra.get("fact"))
+        if raft_row:
+            plan.items.append(
+                RaftItem(
+                    id=q.id,
+                    question=q.question,
+                    answer=q.answer,
+                    category=q.category,
+                    split=split,
+                    context=ctx,
+                    origin=q.origin,
+                    extra=extra,
+                )
             )
-        )
+        if split == "train" and _coin(raft.seed, f"closed:{q.id}") < raft.closed_book:
+            # the same question with no documents, answered with the fact: knowledge the
+            # model keeps without retrieval (ask --no-rag, or retrieval that finds nothing)
+            plan.items.append(RaftItem(
+                id=f"{q.id}{CLOSED_BOOK_SUFFIX}", question=q.question, answer=q.answer, category=q.category,
+                split="train", context=RaftContext(oracle=oracle, distractors=[], has_oracle=False, documents=[]),
+                origin=q.origin, extra={**q.extra, "closed_book_of": q.id},
+            ))
     _plan_refusals(plan, refusals, retriever, raft, search_mode, exclude=eval_oracles)
     return plan
+
+
+CLOSED_BOOK_SUFFIX = "#closed"
+
+
+def _coin(seed: int, key: str) -> float:
+    return item_rng(seed, key).random()
+
+
+def fact_of(q: Question) -> str:
+    """The fact a phrasing asks for: its item's id for a paraphrase, else its own."""
+    return str(q.extra.get("fact") or q.id)
+
+
+def _splits(questions: Sequence[Question], kept: Sequence[Question], oracles: dict[str, list[Chunk]],
+            raft: RaftConfig) -> dict[str, str]:
+    """train/eval per kept question, by ``raft.eval_split``.
+
+    phrasings (default): every fact is trained on; some facts' extra phrasings are held out,
+    which measures knowledge of trained facts asked in new words (closed book too).
+    facts: whole oracle chunks and all their questions are held out, which measures reading
+    unseen facts with RAG. none: everything is trained on.
+    """
+    if raft.eval_split == "none":
+        return {q.id: "train" for q in kept}
+    if raft.eval_split == "phrasings":
+        return split_by_phrasing([(q.id, fact_of(q)) for q in kept], raft.eval_fraction, raft.seed)
+    # facts with held-out paraphrases are trained on: the paraphrase set is their evaluation
+    paraphrased = {str(q.extra["paraphrase_of"]) for q in questions if q.extra.get("paraphrase_of")}
+    return split_by_chunk(
+        [(q.id, [c.chunk_id for c in oracles[q.id]]) for q in kept], raft.eval_fraction, raft.seed, force_train=paraphrased
+    )
 
 
 def _plan_refusals(plan: Plan, refusals: Sequence[Question], retriever: Any, raft: RaftConfig, search_mode: str,

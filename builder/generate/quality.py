@@ -159,6 +159,31 @@ def split_by_chunk(
     return out
 
 
+def split_by_phrasing(
+    items: Sequence[tuple[str, str]],
+    eval_fraction: float,
+    seed: int = 0,
+) -> dict[str, str]:
+    """item id -> "train" | "eval", holding out phrasings of facts that stay trained.
+
+    ``items`` are (item id, fact id) pairs. A fact with two or more phrasings may give one
+    of them (never its first, the user's own wording) to eval: ``eval_fraction`` of those
+    facts do, picked by a seeded hash, so the choice is stable across runs. Every fact keeps
+    at least one training phrasing; a fact with a single phrasing is always trained on.
+    """
+    by_fact: dict[str, list[str]] = {}
+    for item_id, fact in items:
+        by_fact.setdefault(fact, []).append(item_id)
+    out = {item_id: "train" for item_id, _ in items}
+    several = sorted((f for f, ids in by_fact.items() if len(ids) >= 2),
+                     key=lambda f: hashlib.sha256(f"{seed}:fact:{f}".encode()).hexdigest())
+    for fact in several[: round(len(several) * eval_fraction)]:
+        rest = by_fact[fact][1:]
+        pick = min(rest, key=lambda i: hashlib.sha256(f"{seed}:phrasing:{i}".encode()).hexdigest())
+        out[pick] = "eval"
+    return out
+
+
 @dataclass
 class DecontaminationReport:
     train: int = 0

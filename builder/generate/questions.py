@@ -9,7 +9,9 @@ YAML format (see domain_questions/kestrel.yaml)::
           - {id: ops-port, question: "...", answer: "..."}
 
 An item is a bare question string or a mapping with ``question`` and optional ``id``,
-``answer`` and extra keys (``paraphrase_of``, ``unanswerable``). A mapping of
+``answer``, ``paraphrases`` (more phrasings of the same question: each is trained on as its
+own question with the same answer, id ``<id>~<hash>``) and extra keys (``paraphrase_of``,
+``unanswerable``). A mapping of
 ``category: [items]`` is accepted too. Ids are the given id, or a hash of the question, so
 they are stable across runs; resume and the cache key on them.
 """
@@ -129,7 +131,7 @@ def _parse_item(ctx: _Ctx, item: Any, where: list[str | int], category: str) -> 
     answer = item.get("answer")
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise ctx.fail([*where, "answer"], "'answer' must be a string (or null for unanswerable)")
-    extra = {k: v for k, v in item.items() if k not in ("id", "question")}
+    extra = {k: v for k, v in item.items() if k not in ("id", "question", "paraphrases")}
     return Question(
         id=str(qid).strip() if qid is not None else question_id(text),
         question=text.strip(),
@@ -138,6 +140,43 @@ def _parse_item(ctx: _Ctx, item: Any, where: list[str | int], category: str) -> 
         origin=str(ctx.path),
         extra=extra,
     )
+
+
+def phrasing_key(text: str) -> str:
+    """What makes two phrasings the same: case, spacing and end punctuation ignored."""
+    return " ".join(text.lower().split()).strip(" ?.!")
+
+
+def _paraphrases(ctx: _Ctx, item: Any, where: list[str | int], base: Question) -> list[Question]:
+    """The item's ``paraphrases:``: each another phrasing of the same fact, trained on as its
+    own question (same answer, ``extra.fact`` = the item's id). Repeats are dropped."""
+    if not isinstance(item, dict) or "paraphrases" not in item:
+        return []
+    given = item["paraphrases"]
+    if given is None:
+        return []
+    if not isinstance(given, list):
+        raise ctx.fail([*where, "paraphrases"], "'paraphrases' must be a list of question strings")
+    if base.unanswerable or base.held_out:
+        # an unanswerable or held-out item's phrasings would be refusal rows or eval items
+        # that nobody asked for; say so instead of guessing
+        raise ctx.fail([*where, "paraphrases"], "'paraphrases' belong to answerable training items; "
+                       "give held-out phrasings their own items with paraphrase_of")
+    seen = {phrasing_key(base.question)}
+    out: list[Question] = []
+    for j, text in enumerate(given):
+        if not isinstance(text, str) or not text.strip():
+            raise ctx.fail([*where, "paraphrases", j], "every paraphrase must be a non-empty question string")
+        key = phrasing_key(text)
+        if key in seen:
+            continue  # the same phrasing twice trains nothing new
+        seen.add(key)
+        out.append(Question(
+            id=f"{base.id}~{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}",
+            question=text.strip(), answer=base.answer, category=base.category, origin=base.origin,
+            extra={**base.extra, "fact": base.id, "phrasing_of": base.id},
+        ))
+    return out
 
 
 def load_question_file(path: Path) -> list[Question]:
@@ -183,6 +222,7 @@ def load_question_file(path: Path) -> list[Question]:
             if held_out:
                 q.extra["held_out"] = True  # a file marked 'holdout: true' is evaluation only
             out.append(q)
+            out.extend(_paraphrases(ctx, item, loc, q))
     return out
 
 

@@ -202,6 +202,11 @@ def reference_completion(
     return "\n".join(lines), quotes
 
 
+def closed_book_reply(answer: str) -> str:
+    """The reply of a closed-book row: the fact, on the answer line that answering reads."""
+    return f"{ANSWER_MARK} {answer.strip()}"
+
+
 def build_row(item: RaftItem, assistant: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The ARCHITECTURE training row; the prompt comes from rag.prompting, like answering."""
     messages = build_messages(item.question, item.context.documents)

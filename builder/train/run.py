@@ -57,6 +57,7 @@ class TrainResult:
     resumed_from: str | None = None
     dropped_too_long: int = 0
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    knowledge: dict[str, Any] | None = None  # closed-book accuracy per epoch, and the epoch kept
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -220,9 +221,15 @@ def run_train(
         model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
         enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])
         enc_eval = datamod.encode_rows(eval_ds.rows, tokenizer, fmt, hp["max_seq_len"]) if eval_ds else None
+        tracker = _knowledge_tracker(ws, eval_ds, tokenizer, fmt)
         trainer = _make_trainer(be, model, tokenizer, enc_train, enc_eval, hp, run_dir, progress)
+        if tracker is not None:
+            from builder.train.knowledge import make_callback
+
+            trainer.add_callback(make_callback(tracker, st.select_patience))
         ckpt = _last_checkpoint(run_dir) if resume else None
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        restored = tracker.restore_best(model) if tracker is not None else False
         eval_loss = None
         if enc_eval is not None and len(enc_eval.input_ids):
             # The per-epoch evaluation already ran on the final weights; reuse it.
@@ -248,8 +255,11 @@ def run_train(
         "train_runtime_s": round(float(out.metrics.get("train_runtime", seconds)), 2),
         "total_s_incl_load": round(seconds, 2),
         "tokens_per_s": round(tokens_per_s, 1), "eval_loss": eval_loss, "backend": be.name,
+        "knowledge": ({**tracker.to_dict(), "restored_best": restored} if tracker is not None else None),
     })
+    knowledge = report.get("knowledge")
     meta.update({"status": "done", "finished_at": utc_now(), "final_loss": report["final_train_loss"],
+                 "knowledge": knowledge,
                  "eval_loss": eval_loss, "adapter": "adapter", "report": "report.json",
                  "used_rows": len(enc_train.input_ids), "dropped_too_long": enc_train.dropped_too_long})
     write_json_atomic(run_dir / RUN_FILE, meta)
@@ -260,8 +270,21 @@ def run_train(
         eval_loss=eval_loss, seconds=round(seconds, 2), tokens_per_s=round(tokens_per_s, 1),
         report_path=run_dir / "report.json", plot_path=report.get("plot_path"),
         resumed_from=str(ckpt) if ckpt else None, dropped_too_long=enc_train.dropped_too_long,
-        hyperparameters=hp,
+        hyperparameters=hp, knowledge=knowledge,
     )
+
+
+def _knowledge_tracker(ws: Workspace, eval_ds: datamod.Dataset | None, tokenizer: Any, fmt: Any) -> Any:
+    """Closed-book scoring per epoch, when the eval split holds phrasings to score."""
+    st = ws.config.student
+    if st.select_epoch != "closed_book" or eval_ds is None:
+        return None
+    from builder.train.knowledge import KnowledgeTracker, probes_from_rows
+
+    probes = probes_from_rows(eval_ds.rows)[: st.select_max_questions]
+    if not probes:
+        return None
+    return KnowledgeTracker(probes, tokenizer, fmt)
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
@@ -292,6 +315,8 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
         warmup_steps=int(round(total * hp.get("warmup_fraction", 0.05))),
         logging_steps=1,
+        # rows of one batch have similar lengths: short closed-book rows are not padded to RAFT rows
+        train_sampling_strategy="group_by_length",
         eval_strategy="epoch" if has_eval else "no",
         save_strategy="epoch",
         save_total_limit=2,

@@ -240,6 +240,9 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Report folder (default: .raftsmith/eval/<timestamp>).")
 @click.option("--judge", is_flag=True, help="Also grade answers with the teacher LLM (needs teacher.* configured and online).")
+@click.option("--forgetting", is_flag=True,
+              help="Also ask the packaged general-knowledge probe (110 questions, closed book) and report "
+                   "retention: the share of the base model's right answers the tuned model keeps.")
 @click.option("--retrieval", "retrieval_only", is_flag=True,
               help="Only measure retrieval: recall@k of dense, bm25 and hybrid on the questions (no model runs).")
 @click.option("--k", "k", type=click.IntRange(1, 100), default=None, help="k for --retrieval (default: chat.top_k).")
@@ -248,8 +251,8 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
 @config_option
 @handle_errors
 def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
-             out_dir: str | None, judge: bool, retrieval_only: bool, k: int | None, as_json: bool, offline: bool,
-             config_path: str | None) -> None:
+             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, k: int | None, as_json: bool,
+             offline: bool, config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
     from rag.evaluate import COLUMNS, _fmt, run_eval
     from rag.netguard import maybe_offline
@@ -263,9 +266,10 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
     say: Callable[[str], None] | None = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
     with maybe_offline(offline or ws.config.chat.offline):
         report = run_eval(ws, models=names, rag_modes=modes, questions=list(questions) or None, out_dir=out_dir,
-                          backend=backend, limit=limit, progress=say, judge=judge)
+                          backend=backend, limit=limit, progress=say, judge=judge, forgetting=forgetting)
     if as_json:
-        print_json({"out_dir": str(report.out_dir), "summary": report.summary})
+        print_json({"out_dir": str(report.out_dir), "summary": report.summary,
+                    "forgetting_probe": {k: v for k, v in (report.probe or {}).items() if k != "rows"} or None})
         return
     from rich.console import Console
     from rich.table import Table

@@ -139,3 +139,35 @@ def test_judge_needs_a_teacher(tmp_path: Path) -> None:
     ws.config.teacher.provider = "openai-compatible"
     with pytest.raises(ConfigError, match="base_url"):
         make_judge_client(ws)
+
+
+def test_forgetting_probe_set_is_shipped_and_well_formed() -> None:
+    from rag.evaluate import load_probe
+
+    items = load_probe()
+    assert len(items) >= 100
+    assert len({it.id for it in items}) == len(items)
+    assert len({it.question.lower() for it in items}) == len(items)
+    assert all(it.answers and all(a.strip() for a in it.answers) for it in items)
+
+
+def test_probe_scoring_accepts_any_listed_answer_as_content() -> None:
+    from rag.evaluate import probe_correct
+
+    assert probe_correct("The capital of France is Paris.", ["Paris"])
+    assert probe_correct("It was written by William Shakespeare.", ["Shakespeare", "William Shakespeare"])
+    assert probe_correct("<ANSWER>: 4", ["4", "four"]) and probe_correct("Two plus two is four.", ["4", "four"])
+    assert not probe_correct("The capital of France is Lyon.", ["Paris"])
+    assert not probe_correct("There are 14 days.", ["4", "four"])
+
+
+def test_confident_wrong_counts_answers_given_instead_of_refusals() -> None:
+    rows = [
+        {"unanswerable": False, "reference": "1", "correct": True, "exact": True, "f1": 1.0, "refused": False, "latency_ms": 1.0},
+        {"unanswerable": False, "reference": "2", "correct": False, "exact": False, "f1": 0.0, "refused": False, "latency_ms": 1.0},
+        {"unanswerable": False, "reference": "3", "correct": False, "exact": False, "f1": 0.0, "refused": True, "latency_ms": 1.0},
+        {"unanswerable": True, "reference": None, "refused": False, "latency_ms": 1.0},
+    ]
+    s = summarize(rows, "tuned", False)
+    # wrong or unanswerable: rows 2, 3, 4; answered anyway: rows 2 and 4
+    assert s["confident_wrong"] == round(2 / 3, 4) and s["correct"] == round(1 / 3, 4)

@@ -1,0 +1,134 @@
+"""Closed-book accuracy during training: the measurement that picks the epoch to keep.
+
+Loss says how well the model reproduces its training rows; what a user needs is that it
+knows the facts when asked in other words, with no documents. At the end of each epoch the
+callback asks the eval split's held-out phrasings closed book (greedy, a few tokens, the
+same closed-book prompt that ``ask --no-rag`` sends), scores the reply with the headline
+content metric, and keeps a copy of the adapter weights of the best epoch. After training
+the best epoch's weights are put back, so a run that overshoots (memorizes the training
+wordings and loses the paraphrases) still exports its best adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.families import ChatFormat
+from builder.train import data as datamod
+from rag.evaluate import correct_match
+from rag.prompting import build_messages, extract_answer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Probe:
+    question: str
+    answer: str
+
+
+def probes_from_rows(rows: Sequence[dict[str, Any]]) -> list[Probe]:
+    """Eval-split rows with a reference answer, as closed-book questions (refusals skipped)."""
+    out: list[Probe] = []
+    seen: set[str] = set()
+    for r in rows:
+        meta = r.get("meta") or {}
+        q, a = meta.get("question"), meta.get("answer")
+        if not q or not a or meta.get("refusal") or q in seen:
+            continue
+        seen.add(q)
+        out.append(Probe(str(q), str(a)))
+    return out
+
+
+@dataclass
+class EpochScore:
+    epoch: float
+    closed_book: float
+    right: int
+    n: int
+
+
+@dataclass
+class KnowledgeTracker:
+    """Scores each epoch closed book and holds the best epoch's trainable weights."""
+
+    probes: list[Probe]
+    tokenizer: Any
+    fmt: ChatFormat
+    max_new_tokens: int = 16
+    history: list[EpochScore] = field(default_factory=list)
+    best: EpochScore | None = None
+    _best_state: dict[str, Any] | None = None
+
+    def score(self, model: Any) -> tuple[int, int]:
+        import torch
+
+        render = datamod.make_renderer(self.fmt, self.tokenizer)
+        was_training = model.training
+        model.eval()
+        right = 0
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        try:
+            with torch.no_grad():
+                for p in self.probes:
+                    msgs = datamod.prepare_messages(build_messages(p.question, None), self.fmt)
+                    ids = self.tokenizer(render(msgs, True), return_tensors="pt", add_special_tokens=False)
+                    ids = {k: v.to(model.device) for k, v in ids.items()}
+                    out = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                         pad_token_id=pad)
+                    reply = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+                    right += correct_match(extract_answer(reply), p.answer)
+        finally:
+            if was_training:
+                model.train()
+        return right, len(self.probes)
+
+    def on_epoch(self, model: Any, epoch: float) -> EpochScore:
+        right, n = self.score(model)
+        s = EpochScore(round(epoch, 3), round(right / n, 4) if n else 0.0, right, n)
+        self.history.append(s)
+        if self.best is None or s.closed_book > self.best.closed_book:
+            self.best = s
+            self._best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        log.info("epoch %.2f: closed-book %d/%d on held-out phrasings", epoch, right, n)
+        return s
+
+    def restore_best(self, model: Any) -> bool:
+        """Put the best epoch's weights back; False when the last epoch was the best."""
+        if self._best_state is None or self.best is None or not self.history or self.history[-1] is self.best:
+            return False
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in self._best_state.items():
+                params[k].copy_(v)
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": "closed-book correct on the eval split's held-out phrasings",
+                "n": len(self.probes), "history": [s.__dict__ for s in self.history],
+                "best_epoch": self.best.epoch if self.best else None,
+                "best_closed_book": self.best.closed_book if self.best else None}
+
+
+def make_callback(tracker: KnowledgeTracker, patience: int | None = None) -> Any:
+    """A transformers callback scoring each epoch; stops after ``patience`` epochs without gain."""
+    from transformers import TrainerCallback
+
+    class _KnowledgeCallback(TrainerCallback):  # type: ignore[misc]
+        def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
+            if model is None:
+                return control
+            tracker.on_epoch(model, float(state.epoch or 0))
+            if patience is not None and tracker.best is not None:
+                since = len(tracker.history) - 1 - tracker.history.index(tracker.best)
+                if since >= patience:
+                    control.should_training_stop = True
+            return control
+
+    return _KnowledgeCallback()
