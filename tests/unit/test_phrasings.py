@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.generate.questions import load_question_file, phrasing_key
 from builder.generate.quality import split_by_phrasing
+from builder.generate.questions import load_question_file, phrasing_key
 from rag.errors import ConfigError
 
 
