@@ -39,7 +39,7 @@ class Family:
     params_b: float
     ollama_base: str  # name of the base model in Ollama, for Modelfile.adapter FROM
     packaged_gguf: bool = False  # base built offline from rag.packaged.smollm2_gguf()
-    epochs: float | None = None  # family default when config leaves student.epochs at 3.0
+    epochs: float = 3.0  # used when student.epochs is unset (None)
     notes: str = ""
 
 

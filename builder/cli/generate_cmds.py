@@ -6,8 +6,7 @@ import click
 
 from rag.cli.common import config_option, handle_errors, print_json
 from rag.config import load_workspace
-
-PROVIDERS = ["none", "openrouter", "openai", "openai-compatible", "ollama"]
+from rag.providers import TEACHER_CHOICES
 
 
 @click.command("generate")
@@ -15,7 +14,7 @@ PROVIDERS = ["none", "openrouter", "openai", "openai-compatible", "ollama"]
               help="Question YAML file or folder (repeatable; default: raft.questions).")
 @click.option("--synthesize", type=click.IntRange(min=0), default=None,
               help="Questions to synthesize per chunk with the teacher (default: raft.synthesize_per_chunk).")
-@click.option("--teacher", type=click.Choice(PROVIDERS), default=None,
+@click.option("--teacher", type=click.Choice(TEACHER_CHOICES), default=None,
               help="Teacher provider; 'none' uses the reference answers in the question files (no network).")
 @click.option("--model", default=None, help="Teacher model (default: teacher.model).")
 @click.option("--base-url", default=None, help="Teacher base URL, e.g. http://127.0.0.1:8080/v1.")

@@ -6,14 +6,13 @@ from typing import Any
 
 import click
 
+from builder.families import FAMILIES
 from rag.cli.common import config_option, handle_errors, print_json
 from rag.config import load_workspace
 
-FAMILIES = ["smollm2", "qwen", "phi-4-mini", "mistral", "llama3", "gpt-oss"]
-
 
 @click.command("train")
-@click.option("--family", type=click.Choice(FAMILIES), default=None, help="Model family (default: student.family).")
+@click.option("--family", type=click.Choice(list(FAMILIES)), default=None, help="Model family (default: student.family).")
 @click.option("--base", default=None, help="Base model folder or HF id (default: the family's).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Epochs (default: config/family).")
 @click.option("--backend", type=click.Choice(["auto", "hf", "unsloth"]), default=None,

@@ -24,13 +24,13 @@ from builder.export import llamacpp
 from builder.export.modelfile import MIN_NUM_CTX, render_modelfile, template_agreement
 from builder.export.verify import Verification, verify_gguf
 from builder.families import chat_format, get_family
-from builder.train.base_model import BaseModel, cache_dir, file_lock, resolve_base, sha256_file
+from builder.train.base_model import BaseModel, cache_dir, file_lock, resolve_base
 from builder.train.run import RUN_FILE, latest_run, library_versions, utc_now, write_json_atomic
 from rag.config import Workspace
 from rag.errors import ExportError
+from rag.exports import EXPORT_FORMAT
+from rag.fsutil import atomic_path, sha256_file
 from rag.prompting import SYSTEM_PROMPT
-
-MANIFEST_FORMAT = "raftsmith-export/1"
 
 
 @dataclass
@@ -230,8 +230,8 @@ def base_gguf(lc: llamacpp.LlamaCpp, base: BaseModel, quant: str) -> Path:
             return target
         f16 = d / f"{key}-f16.gguf"
         if not f16.is_file():
-            llamacpp.convert_hf(lc, Path(base.path), d / f"{key}-f16.tmp.gguf", "f16")
-            os.replace(d / f"{key}-f16.tmp.gguf", f16)
+            with atomic_path(f16) as tmp:
+                llamacpp.convert_hf(lc, Path(base.path), tmp, "f16")
         if quant != "f16":
             llamacpp.quantize(f16, target, quant)
     return target
@@ -249,7 +249,7 @@ def _manifest(ws: Workspace, name: str, meta: dict[str, Any], base: BaseModel, l
     versions["llama.cpp"] = info["commit"] or (
         f"vendor/llama.cpp of llama-cpp-python {lc.llama_cpp_python} (converter sha256 {lc.converter_sha256[:12]})")
     return {
-        "format": MANIFEST_FORMAT,
+        "format": EXPORT_FORMAT,
         "name": name,
         "family": fam.name,
         "chat_format": fmt.name,

@@ -34,6 +34,7 @@ from builder.generate.questions import (
 from builder.generate.raft import RaftItem, build_row, reference_completion
 from rag.config import Workspace
 from rag.errors import ConfigError, IndexStoreError, TeacherError
+from rag.fsutil import atomic_write
 from rag.prompting import PROMPT_VERSION, REFUSAL_ANSWER, REFUSAL_REPLY
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,7 @@ class _Runner:
         if not self.s.dry_run:
             self.ws.state_dir.mkdir(parents=True, exist_ok=True)
             out = self.ws.state_dir / "generate_summary.json"
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.s.to_dict(), indent=2, default=str), encoding="utf-8")
-            os.replace(tmp, out)
+            atomic_write(out, json.dumps(self.s.to_dict(), indent=2, default=str))
         return self.s
 
     def _estimate(self, items: list[RaftItem]) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.families import ChatFormat
-from rag.bundle_reader import sha256_file
 from rag.errors import TrainingError
+from rag.fsutil import sha256_file
 
 IGNORE = -100
 Messages = list[dict[str, Any]]

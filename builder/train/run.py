@@ -32,6 +32,7 @@ from builder.train.loss import make_trainer_class
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
 from rag.errors import TrainingError
+from rag.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,8 @@ def utc_now() -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """run.json and export manifests: sorted, indented JSON through the one atomic write."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def library_versions() -> dict[str, str]:
@@ -92,28 +89,21 @@ def library_versions() -> dict[str, str]:
 
 
 def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict[str, Any]:
-    """Config values where the user changed them, the family's registry defaults otherwise.
+    """The values the config sets, the family's registry defaults where it leaves them None.
 
-    ``raftsmith init`` writes every default into raftsmith.yaml, so "set in the file" cannot
-    mean "chosen by the user": a value equal to the schema default counts as unset.
+    ``epochs`` (the --epochs option) wins over both. A value the user wrote is theirs even
+    when it equals what the family would have chosen.
     """
     st = ws.config.student
     lo = st.lora
-
-    def pick(section: Any, key: str, family_value: Any) -> Any:
-        value = getattr(section, key)
-        default = type(section).model_fields[key].default
-        return family_value if (value == default and family_value is not None) else value
-
-    if epochs is None:
-        epochs = pick(st, "epochs", family.epochs)
+    epochs = epochs or st.epochs or family.epochs
     if st.packing:
         # Rows are padded per batch; packing several rows into one sequence would need
         # cross-row attention masking to keep the loss assistant-only. Not implemented.
         log.warning("student.packing is not supported yet and is ignored (rows are padded per batch)")
     return {
-        "r": pick(lo, "r", family.r),
-        "alpha": pick(lo, "alpha", family.alpha),
+        "r": lo.r or family.r,
+        "alpha": lo.alpha or family.alpha,
         "dropout": lo.dropout,
         "rslora": lo.rslora,
         "target_modules": list(lo.target_modules or family.target_modules),

@@ -163,7 +163,7 @@ def audit_show_cmd(n: int, as_json: bool, config_path: str | None) -> None:
 def register_cmd(host: str | None, adapter: bool, replace: bool, export_name: str | None, list_: bool,
                  remove_name: str | None, as_json: bool, config_path: str | None) -> None:
     """Register the exported models with Ollama (idempotent by digest)."""
-    from rag import ollama_api
+    from rag import register as ollama_api
 
     ws = load_workspace(config_path)
     if list_:
@@ -251,7 +251,7 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
              out_dir: str | None, judge: bool, retrieval_only: bool, k: int | None, as_json: bool, offline: bool,
              config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
-    from rag.evaluate import COLUMNS, _fmt, run_eval
+    from rag.evaluate import run_eval, table_header, table_rows
     from rag.netguard import maybe_offline
 
     ws = load_workspace(config_path)
@@ -271,9 +271,9 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
     from rich.table import Table
 
     table = Table(title=f"raftsmith eval ({report.out_dir})")
-    for _, head in COLUMNS:
+    for head in table_header():
         table.add_column(head)
-    for s in report.summary:
-        table.add_row(*[_fmt(s.get(k)) for k, _ in COLUMNS])
+    for row in table_rows(report.summary):
+        table.add_row(*row)
     Console().print(table)
     click.echo(f"Report: {report.out_dir / 'report.html'}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 from rag.errors import IngestError
-from rag.index.store import atomic_write_text
+from rag.fsutil import atomic_write
 
 if TYPE_CHECKING:
     import httpx
@@ -110,12 +110,10 @@ class _Cache:
             suffix = ".txt"
         name = hashlib.sha256(url.encode()).hexdigest()[:24] + suffix
         path = self.folder / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(body)
-        tmp.replace(path)
+        atomic_write(path, body)
         self.entries[url] = {"file": name, "content_type": content_type,
                              "sha256": hashlib.sha256(body).hexdigest(), "fetched_at": time.time()}
-        atomic_write_text(self.manifest_path, json.dumps(self.entries, indent=1, sort_keys=True))
+        atomic_write(self.manifest_path, json.dumps(self.entries, indent=1, sort_keys=True))
         return path
 
 

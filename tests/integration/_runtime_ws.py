@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from rag.bundle_reader import sha256_file
+from rag.fsutil import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DOCS = REPO / "examples" / "kestrel" / "docs"

@@ -23,8 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rag.bundle import create_bundle, install_bundle, verify_bundle
-from rag.bundle_reader import seal_manifest
+from rag.bundle import create_bundle, install_bundle, seal_manifest, verify_bundle
 from rag.cli.main import cli
 from rag.config import Workspace, init_workspace, load_workspace
 from rag.errors import IntegrityError
@@ -314,7 +313,7 @@ def test_installed_bundle_searches_and_answers(sample_workspace: Path, smollm2_g
     from the tuned model through llama.cpp, and an audit log that verifies."""
     from rag.answer import answer
     from rag.audit import tail, verify
-    from rag.bundle_reader import sha256_file
+    from rag.fsutil import sha256_file
     from rag.ingest.pipeline import ingest
 
     cfg = yaml.safe_load((sample_workspace / "raftsmith.yaml").read_text())

@@ -21,6 +21,7 @@ import pytest
 from generate_support import ScriptedTeacher, ensure_index
 
 from builder.generate.teacher import OpenAITeacher, TeacherCache
+from rag.config import TeacherConfig
 from rag.errors import TeacherError
 
 pytestmark = pytest.mark.integration
@@ -33,9 +34,11 @@ def _teacher(srv: ScriptedTeacher, delays: list[float], **kw: object) -> OpenAIT
     async def record_sleep(d: float) -> None:
         delays.append(d)
 
-    opts: dict[str, object] = {"structured": "json_object", "max_retries": 3, "timeout_s": 5.0, "sleep": record_sleep}
-    opts.update(kw)
-    return OpenAITeacher("openai-compatible", "scripted", srv.base_url, "no-key-needed", **opts)  # type: ignore[arg-type]
+    runtime = {k: kw.pop(k) for k in ("cache", "backoff_base") if k in kw}
+    settings: dict[str, object] = {"provider": "openai-compatible", "model": "scripted", "structured": "json_object",
+                                   "max_retries": 3, "timeout_s": 5.0, **kw}
+    return OpenAITeacher(TeacherConfig.model_validate(settings), base_url=srv.base_url, api_key="no-key-needed",
+                         sleep=record_sleep, **runtime)  # type: ignore[arg-type]
 
 
 def _ask(t: OpenAITeacher, attempt: int = 0) -> dict:

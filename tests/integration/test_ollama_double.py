@@ -362,7 +362,7 @@ def test_unreachable_ollama_names_the_fix(tmp_path: Path) -> None:
 
 
 def test_modelfile_parser() -> None:
-    from rag.ollama_api import parse_modelfile
+    from rag.register import parse_modelfile
 
     mf = parse_modelfile(MODELFILE_ADAPTER + '# comment\nLICENSE "Apache 2.0"\n')
     assert mf["from"] == "kestrel-base" and mf["adapters"] == ["./adapter.gguf"]

@@ -93,7 +93,7 @@ def test_unreachable_openai_server(tmp_path: Path) -> None:
 
 def test_llm_judge_grades_through_the_teacher_config(llama_server: str, tmp_path: Path) -> None:
     from rag.config import load_workspace
-    from rag.judge import judge_rows
+    from rag.evaluate.judge import judge_rows
 
     root = make_workspace(tmp_path / "ws")
     ws = load_workspace(root / "raftsmith.yaml")

@@ -136,7 +136,7 @@ def _export(ws_root: Path, name: str, created: str, files: list[tuple[str, str]]
 
 
 def test_resolve_tuned_base_and_adapter(tmp_path: Path) -> None:
-    from rag.models import resolve_model
+    from rag.llm.resolve import resolve_model
 
     ws = init_workspace(tmp_path / "ws", corpus_name="k")
     with pytest.raises(ConfigError, match="raftsmith export"):
@@ -162,7 +162,7 @@ def test_resolve_tuned_base_and_adapter(tmp_path: Path) -> None:
 
 
 def test_resolve_base_falls_back_to_packaged_or_config(tmp_path: Path, smollm2_gguf: Path) -> None:
-    from rag.models import resolve_model
+    from rag.llm.resolve import resolve_model
 
     ws = init_workspace(tmp_path / "ws", corpus_name="k")
     assert resolve_model(ws, "base", "llama-cpp").path == smollm2_gguf

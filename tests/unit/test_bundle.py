@@ -19,8 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rag.bundle import create_bundle, install_bundle, verify_bundle
-from rag.bundle_checks import find_secret
+from rag.bundle import create_bundle, find_secret, install_bundle, verify_bundle
 from rag.cli.main import cli
 from rag.config import Workspace, init_workspace, load_workspace
 from rag.errors import ConfigError, IntegrityError
@@ -294,7 +293,7 @@ def test_install_layout_config_and_audit(bundle: Path, tmp_path: Path) -> None:
     assert ws2.config.embedding.model == "embedding"  # relative to the workspace: the folder can move
     assert (dest / "embedding" / "modules.json").is_file()
     assert ws2.export_dir == dest / "gguf"
-    from rag.models import newest_export
+    from rag.exports import newest_export
 
     exp = newest_export(ws2)
     assert exp is not None and exp.dir == dest / "gguf" / "kestrel-smollm2"

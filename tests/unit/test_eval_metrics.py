@@ -92,7 +92,7 @@ def test_summarize() -> None:
 
 
 def test_judge_grade_parsing() -> None:
-    from rag.judge import parse_grade
+    from rag.evaluate.judge import parse_grade
 
     assert parse_grade('Sure. {"score": 1, "reason": "matches"}') == (1.0, "matches")
     assert parse_grade('```json\n{"score": 0.5, "reason": "partly"}\n```') == (0.5, "partly")
@@ -103,7 +103,7 @@ def test_judge_grade_parsing() -> None:
 
 def test_judge_needs_a_teacher(tmp_path: Path) -> None:
     from rag.config import init_workspace
-    from rag.judge import make_judge_client
+    from rag.evaluate.judge import make_judge_client
 
     ws = init_workspace(tmp_path / "ws")
     with pytest.raises(ConfigError, match="teacher"):

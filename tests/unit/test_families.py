@@ -68,11 +68,28 @@ def test_hyperparameters_family_defaults_unless_config_sets_them(tmp_path):
     hp = hyperparameters(ws, get_family("qwen"), None)
     assert (hp["lr"], hp["alpha"]) == (2e-4, 16)
     cfg = ws.config_path
-    cfg.write_text(cfg.read_text().replace("  lr: null", "  lr: 0.0005").replace("  epochs: 3.0", "  epochs: 2.0"))
+    cfg.write_text(cfg.read_text().replace("  lr: null", "  lr: 0.0005").replace("  epochs: null", "  epochs: 2.0"))
     ws2 = load_workspace(cfg)
     hp = hyperparameters(ws2, get_family("smollm2"), None)
     assert (hp["lr"], hp["epochs"]) == (5e-4, 2.0)
     assert hyperparameters(ws2, get_family("smollm2"), 7)["epochs"] == 7.0
+
+
+def test_a_value_the_user_writes_wins_even_when_it_equals_the_old_schema_default(tmp_path):
+    from builder.train.run import hyperparameters
+    from rag.config import init_workspace, load_workspace
+
+    ws = init_workspace(tmp_path / "a")
+    assert "  epochs: null" in ws.config_path.read_text()  # init writes "derived", not a number
+    qwen = get_family("qwen")
+    assert (hyperparameters(ws, qwen, None)["alpha"], hyperparameters(ws, qwen, None)["epochs"]) == (16, 3.0)
+    text = ws.config_path.read_text().replace("  epochs: null", "  epochs: 3.0").replace("  alpha: null", "  alpha: 32")
+    ws.config_path.write_text(text)
+    hp = hyperparameters(load_workspace(ws.config_path), qwen, None)
+    assert (hp["epochs"], hp["alpha"]) == (3.0, 32)  # 32 was the schema default; the user chose it here
+    ws.config.student.epochs = 1.5
+    assert hyperparameters(ws, qwen, None)["epochs"] == 1.5
+    assert hyperparameters(ws, qwen, 4.0)["epochs"] == 4.0  # --epochs wins
 
 
 def test_backend_selection_and_oom_message():

@@ -226,7 +226,7 @@ CREDENTIALS = [
 
 @pytest.mark.parametrize("secret", CREDENTIALS)
 def test_redaction_and_bundle_scan_share_the_credential_shapes(secret: str) -> None:
-    from rag.bundle_checks import find_secret
+    from rag.bundle import find_secret
 
     text = f"config:\n  note: {secret}\n  port: 7431\n"
     red = Redactor().redact(text)

@@ -1,4 +1,4 @@
-"""Register exports with Ollama through the official client (``raftsmith register``).
+"""``raftsmith register``: exports into Ollama through the official client, and their names.
 
 Merged mode creates ``<export>`` FROM the merged GGUF; adapter mode creates it from the base
 model already in Ollama plus the LoRA adapter GGUF. When the export carries the base model as
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -27,11 +26,27 @@ from typing import Any
 
 from rag.config import Workspace
 from rag.errors import BackendError, ConfigError
+from rag.exports import Export, find_export, newest_export
+from rag.fsutil import atomic_write, file_digest
 from rag.llm.ollama_backend import call, make_client, resolve_host, unavailable
-from rag.models import Export, file_digest, newest_export, ollama_name
 
 STATE_FILE = "ollama_registered.json"
 _INT_PARAMS = {"num_ctx", "num_predict", "top_k", "seed", "repeat_last_n", "num_keep", "num_gpu", "num_thread", "mirostat"}
+
+
+def ollama_name(text: str) -> str:
+    """A name Ollama accepts: lowercase letters, digits, '-', '_', '.'."""
+    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return s or "raftsmith"
+
+
+def ollama_names(ws: Workspace, export: Export | None = None) -> tuple[str | None, str | None]:
+    """(base, tuned) model names in Ollama: config first, else what register names the export."""
+    cfg = ws.config.ollama
+    export = export or newest_export(ws)
+    base = cfg.base_model_name or (ollama_name(export.name) + "-base" if export and export.files("base") else None)
+    tuned = cfg.tuned_model_name or (ollama_name(export.name) if export else None)
+    return base, tuned
 
 
 # --- Modelfile parsing ---------------------------------------------------------------------
@@ -115,9 +130,7 @@ def load_state(ws: Workspace) -> dict[str, dict[str, Any]]:
 def _save_state(ws: Workspace, state: dict[str, Any]) -> None:
     p = _state_path(ws)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write(p, json.dumps(state, indent=2, sort_keys=True))
 
 
 def _key(host: str, name: str) -> str:
@@ -251,8 +264,6 @@ def _request(mf: dict[str, Any], **kw: Any) -> dict[str, Any]:
 def register(ws: Workspace, host: str | None = None, adapter: bool = False, replace: bool = False,
              export_name: str | None = None) -> RegisterReport:
     """Register the newest (or the named) export's tuned model, and its base when it carries one."""
-    from rag.models import find_export
-
     export = find_export(ws, export_name) if export_name else newest_export(ws)
     if export is None:
         raise ConfigError(f"No export found in {ws.export_dir}: run 'raftsmith export' first" +

@@ -1,4 +1,4 @@
-"""Reading side of a bundle: the sealed manifest and the streaming, checking walk.
+"""Reading side of a bundle: verify, and the streaming, checking walk that install uses.
 
 ``walk`` reads a tar as a stream (plain or gzip, a file or a BytesIO), checks every member's
 name, type, size and sha256 against the manifest and hands the bytes to an optional sink,
@@ -10,41 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tarfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from rag.bundle_checks import (
+from rag.bundle.manifest import BundleManifest, ManifestEntry, unseal_manifest
+from rag.bundle.members import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
-    BundleManifest,
-    ManifestEntry,
     check_member_name,
     check_member_type,
     fold_key,
-    parse_manifest,
 )
+from rag.bundle.reports import VerifyReport
 from rag.config import STATE_DIR
-from rag.errors import IntegrityError
+from rag.errors import ConfigError, IntegrityError
+from rag.fsutil import BLOCK
 
-BLOCK = 1 << 20
-SEAL_PREFIX = b'{"manifest_sha256": "'
 STATE_MANIFEST = f"{STATE_DIR}/bundle-manifest.json"
 
 # Called for each file member once its header checks out; returns where its bytes go.
 Sink = Callable[[tarfile.TarInfo, ManifestEntry, BundleManifest], "IO[bytes] | None"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -62,29 +52,6 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     ) as bar:
         task = bar.add_task(label, total=total or None)
         yield lambda n: bar.advance(task, n)
-
-
-def seal_manifest(body: dict[str, Any]) -> bytes:
-    """Serialize with a leading self-hash over the raw bytes (hash field zeroed).
-
-    Hashing the raw bytes, not a re-serialization, means any changed byte of manifest.json
-    (whitespace included) is caught, and the hash sits at a fixed offset.
-    """
-    rest = json.dumps(body, indent=1, sort_keys=True, ensure_ascii=True)
-    raw = SEAL_PREFIX + b"0" * 64 + b'",' + rest[1:].encode("ascii")
-    digest = hashlib.sha256(raw).hexdigest().encode("ascii")
-    return raw[: len(SEAL_PREFIX)] + digest + raw[len(SEAL_PREFIX) + 64 :]
-
-
-def unseal_manifest(raw: bytes) -> BundleManifest:
-    n = len(SEAL_PREFIX)
-    if not raw.startswith(SEAL_PREFIX) or len(raw) < n + 66:
-        raise IntegrityError("the bundle manifest is damaged (no seal); the bundle cannot be trusted")
-    claimed = raw[n : n + 64]
-    zeroed = raw[:n] + b"0" * 64 + raw[n + 64 :]
-    if hashlib.sha256(zeroed).hexdigest().encode("ascii") != claimed:
-        raise IntegrityError("manifest.json does not match its own checksum; the bundle is damaged")
-    return parse_manifest(raw)
 
 
 def walk(fileobj: IO[bytes], sink: Sink | None, advance: Callable[[int], None]) -> tuple[BundleManifest, int]:
@@ -186,57 +153,18 @@ def _stream_member(tf: tarfile.TarFile, m: tarfile.TarInfo, out: IO[bytes] | Non
     return h.hexdigest(), count
 
 
-def install_path(member: str, export_name: str | None) -> str:
-    """Where a bundle member lands inside the installed workspace."""
-    if member.startswith("export/"):
-        if not export_name:
-            raise IntegrityError("the bundle holds export files but names no export; the bundle is damaged")
-        return f"gguf/{export_name}/{member[len('export/'):]}"
-    return member
-
-
-def extract_verified(src: Path, target: Path, progress: bool) -> tuple[BundleManifest, int, str]:
-    """Stream ``src`` into the empty folder ``target``, checking every member on the way.
-
-    Each member passes our checks (in ``walk``) and tarfile's own ``data`` filter before a
-    byte is written; files are created exclusively (no following links); after the walk
-    every written file is hashed again from disk. Returns (manifest, payload bytes, sha256
-    of the bundle file).
-    """
-    written: list[tuple[Path, ManifestEntry]] = []
-    data_filter = getattr(tarfile, "data_filter", None)  # Python 3.11.4+ / 3.10.12+
-
-    def sink(m: tarfile.TarInfo, entry: ManifestEntry, manifest: BundleManifest) -> IO[bytes]:
-        if data_filter is not None:
-            try:
-                data_filter(m, str(target))
-            except tarfile.FilterError as err:
-                raise IntegrityError(f"bundle member {ascii(m.name)} refused by tarfile's data filter: {err}") from None
-        dst = target / install_path(entry.path, manifest.export_name)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        written.append((dst, entry))
-        return os.fdopen(fd, "wb")
-
-    with open(src, "rb") as raw, progress_bar(progress, src.stat().st_size, "installing") as advance:
-        f = _WholeFileHash(raw)
-        manifest, total = walk(f, sink, advance)  # type: ignore[arg-type]
-        while f.read(BLOCK):  # what tarfile left unread (end-of-archive blocks)
-            pass
-    for dst, entry in written:  # re-hash what reached the disk
-        if dst.stat().st_size != entry.size or sha256_file(dst) != entry.sha256:
-            raise IntegrityError(f"{dst} does not match the manifest after writing; check the disk and retry.")
-    return manifest, total, f.sha.hexdigest()
-
-
-class _WholeFileHash:
-    """Hashes the bundle file itself as tarfile streams it (for the audit record)."""
-
-    def __init__(self, f: IO[bytes]):
-        self._f = f
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.sha.update(data)
-        return data
+def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: bool = False) -> VerifyReport:
+    """Check every member against the manifest; raise IntegrityError naming the first problem."""
+    t0 = time.perf_counter()
+    if not isinstance(path, (str, os.PathLike)):
+        manifest, total = walk(path, None, lambda n: None)
+        shown = "<stream>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Bundle {p} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
+        with open(p, "rb") as f, progress_bar(progress, p.stat().st_size, "verifying") as advance:
+            manifest, total = walk(f, None, advance)
+        shown = str(p)
+    return VerifyReport(shown, len(manifest.entries), total, round(time.perf_counter() - t0, 3), manifest.export_name,
+                        manifest.created_at, manifest.raftsmith_version, manifest.embedding_included)

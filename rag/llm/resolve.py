@@ -9,55 +9,23 @@ The A/B switch needs no file paths: ``base`` and ``tuned`` are looked up from th
   ``raftsmith register`` gives the newest export (``<export>-base`` and ``<export>``).
 * openai: the same names as Ollama when configured, else the name as given.
 
-Exports are the folders ``raftsmith export`` writes: gguf/<name>/manifest.json
-(format "raftsmith-export/1").
+Exports are read through :mod:`rag.exports`; the Ollama names come from :mod:`rag.register`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.config import Workspace
 from rag.errors import ConfigError
+from rag.exports import Export, find_export, newest_export
+from rag.fsutil import file_digest
+from rag.register import ollama_names
 
-EXPORT_FORMAT = "raftsmith-export/1"
 ROLES = ("base", "tuned", "tuned-adapter")
-
-
-@dataclass
-class Export:
-    dir: Path
-    manifest: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest.get("name") or self.dir.name)
-
-    def files(self, role: str) -> list[dict[str, Any]]:
-        return [f for f in self.manifest.get("files", []) if f.get("role") == role]
-
-    def file(self, role: str, prefer_quant: list[str] | None = None) -> tuple[Path, dict[str, Any]] | None:
-        entries = self.files(role)
-        if not entries:
-            return None
-        order = [q.lower() for q in (prefer_quant or [])]
-
-        def rank(e: dict[str, Any]) -> int:
-            q = str(e.get("quantization") or "").lower()
-            return order.index(q) if q in order else len(order)
-
-        best = sorted(entries, key=rank)[0]
-        return self.dir / str(best["path"]), best
-
-    @property
-    def stop(self) -> list[str]:
-        return [str(s) for s in self.manifest.get("stop") or []]
 
 
 @dataclass
@@ -74,74 +42,6 @@ class ModelRef:
 
     def audit_model(self) -> dict[str, Any]:
         return {"name": self.label, "digest": self.digest}
-
-
-def list_exports(ws: Workspace) -> list[Export]:
-    """Every valid export under the export dir, newest first (created_at, then mtime)."""
-    root = ws.export_dir
-    found: list[tuple[str, float, Export]] = []
-    if not root.is_dir():
-        return []
-    for mf in root.glob("*/manifest.json"):
-        try:
-            data = json.loads(mf.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-            continue
-        found.append((str(data.get("created_at") or ""), mf.stat().st_mtime, Export(mf.parent, data)))
-    found.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    return [e for _, _, e in found]
-
-
-def newest_export(ws: Workspace) -> Export | None:
-    exports = list_exports(ws)
-    return exports[0] if exports else None
-
-
-def find_export(ws: Workspace, name: str) -> Export | None:
-    for e in list_exports(ws):
-        if e.name == name or e.dir.name == name:
-            return e
-    return None
-
-
-def ollama_name(text: str) -> str:
-    """A name Ollama accepts: lowercase letters, digits, '-', '_', '.'."""
-    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
-    return s or "raftsmith"
-
-
-def ollama_names(ws: Workspace, export: Export | None = None) -> tuple[str | None, str | None]:
-    """(base, tuned) model names in Ollama: config first, else what register names the export."""
-    cfg = ws.config.ollama
-    export = export or newest_export(ws)
-    base = cfg.base_model_name or (ollama_name(export.name) + "-base" if export and export.files("base") else None)
-    tuned = cfg.tuned_model_name or (ollama_name(export.name) if export else None)
-    return base, tuned
-
-
-_DIGESTS: dict[tuple[str, int, float], str] = {}
-_DIGEST_LOCK = threading.Lock()
-
-
-def file_digest(path: Path, known: str | None = None) -> str:
-    """sha256 of a file as "sha256:<hex>"; cached per (path, size, mtime); trusts a manifest value."""
-    if known:
-        return known if known.startswith("sha256:") else f"sha256:{known}"
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime)
-    with _DIGEST_LOCK:
-        if key in _DIGESTS:
-            return _DIGESTS[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = f"sha256:{h.hexdigest()}"
-    with _DIGEST_LOCK:
-        _DIGESTS[key] = digest
-    return digest
 
 
 def _no_export(ws: Workspace, what: str) -> ConfigError:

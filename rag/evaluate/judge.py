@@ -15,8 +15,8 @@ from typing import Any
 
 from rag.config import Workspace
 from rag.errors import ConfigError
+from rag.providers import PROVIDERS
 
-BASE_URLS = {"openrouter": "https://openrouter.ai/api/v1", "openai": "https://api.openai.com/v1"}
 PROMPT = (
     "You grade a domain assistant. Question: {question}\nReference answer: {reference}\n"
     "Assistant answer: {answer}\n\nDoes the assistant's answer state the reference fact correctly "
@@ -43,15 +43,14 @@ def make_judge_client(ws: Workspace) -> tuple[Any, str]:
     tc = ws.config.teacher
     if tc.provider == "none":
         raise ConfigError("--judge needs a teacher: set teacher.provider/model (and base_url for local servers) in raftsmith.yaml.")
-    base_url = tc.base_url or BASE_URLS.get(tc.provider)
+    base_url = tc.base_url or PROVIDERS[tc.provider].base_url
     if not base_url:
         raise ConfigError(f"teacher.base_url is required for provider '{tc.provider}' (e.g. http://127.0.0.1:8000/v1).")
-    from rag.netguard import is_loopback_host
+    from rag.netguard import is_loopback_url
     from rag.secrets import get_key
 
-    host = re.sub(r"^\w+://", "", base_url).split("/", 1)[0].rsplit(":", 1)[0]
     # a local teacher (llama.cpp server, Ollama on loopback) needs no key: do not touch the keyring
-    key = "not-needed" if is_loopback_host(host) else get_key(tc.key_name or tc.provider)
+    key = "not-needed" if is_loopback_url(base_url) else get_key(tc.key_name or tc.provider)
     import openai
 
     return openai.OpenAI(base_url=base_url, api_key=key, timeout=tc.timeout_s, max_retries=2), tc.model

@@ -1,22 +1,8 @@
-"""Offline transfer bundle: one tar that carries a workspace's answering half to a laptop.
+"""``bundle create``: pack a workspace's answering half into one tar, hashing as it streams.
 
-Layout inside the tar (every path relative, POSIX, regular files only)::
-
-    manifest.json              FIRST member: format, created_at, raftsmith version, export
-                               name, and every other member's path, size and sha256; its own
-                               "manifest_sha256" covers its raw bytes (see _seal_manifest)
-    raftsmith.yaml             the config, paths rewritten for the install layout
-    export/<files>             the newest export gguf/<name>/ (GGUFs, adapter, Modelfiles,
-                               its manifest.json); absent when nothing was exported yet
-    index/<files>              FAISS + SQLite (consistent snapshot via SQLite's backup API)
-    embedding/<files>          the sentence-transformers folder (the laptop has no internet)
-    domain_questions/<files>   the question sets (*.yaml)
-
-Installed layout (``install_bundle``): ``export/`` lands in ``gguf/<export name>/``, the rest
-keeps its path; the bundle manifest is kept as ``.raftsmith/bundle-manifest.json``.
-
-Everything streams in 1 MiB blocks (GGUFs can be many GB). Verification reads the tar as a
-stream, so a ``.tar.gz`` works the same way, and a file object (BytesIO) can be verified.
+The layout is described in :mod:`rag.bundle`. Sources are collected (export, a consistent
+index snapshot, the embedding model, the config rewritten for the install, the question
+sets), scanned for secrets, then written manifest-first.
 """
 
 from __future__ import annotations
@@ -30,77 +16,29 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from rag import __version__
-from rag.bundle_checks import (
+from rag.bundle.manifest import seal_manifest
+from rag.bundle.members import (
     BUNDLE_FORMAT,
     CONFIG_MEMBER,
     MANIFEST_NAME,
     SAFE_EXPORT_NAME,
     check_member_name,
-    is_text_member,
-    live_secret_values,
-    scan_file_for_secrets,
 )
-from rag.bundle_reader import progress_bar, seal_manifest, sha256_file, walk
+from rag.bundle.reader import progress_bar
+from rag.bundle.reports import BundleReport
+from rag.bundle.scan import is_text_member, live_secret_values, scan_file_for_secrets
 from rag.config import Workspace, dump_config
 from rag.errors import ConfigError, IndexStoreError, IntegrityError
+from rag.fsutil import atomic_path, sha256_file
 
 _JUNK_SUFFIXES = (".lock", ".tmp", ".temp", ".partial", "-wal", "-shm", "-journal", "~")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-# --------------------------------------------------------------------------- reports
-
-
-@dataclass
-class BundleReport:
-    path: str
-    members: int
-    total_bytes: int  # payload bytes (sum of member sizes)
-    bundle_bytes: int  # size of the tar on disk
-    seconds: float
-    export_name: str | None
-    embedding_included: bool
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class VerifyReport:
-    path: str
-    members: int
-    total_bytes: int
-    seconds: float
-    export_name: str | None
-    created_at: str
-    raftsmith_version: str
-    embedding_included: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class InstallReport:
-    dest: str
-    config_path: str
-    members: int
-    total_bytes: int
-    seconds: float
-    export_name: str | None
-    embedding_included: bool
-    registered: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -148,7 +86,7 @@ class _Source:
 
 
 def _export_sources(ws: Workspace, export_name: str | None) -> tuple[list[_Source], str | None, dict[str, Any] | None]:
-    from rag.models import find_export, newest_export
+    from rag.exports import find_export, newest_export
 
     export = find_export(ws, export_name) if export_name else newest_export(ws)
     if export is None:
@@ -318,12 +256,8 @@ def create_bundle(
             "embedding_included": include_embedding_model,
             "embedding_model": ws.config.embedding.model,
         }
-        tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(out) as tmp_out:
             total = _write_tar(tmp_out, sources, body, compressed, progress)
-            os.replace(tmp_out, out)
-        finally:
-            tmp_out.unlink(missing_ok=True)
     return BundleReport(str(out), len(sources), total, out.stat().st_size, round(time.perf_counter() - t0, 3),
                         name, include_embedding_model, warnings)
 
@@ -398,39 +332,3 @@ def _add_source(tf: tarfile.TarFile, s: _Source, size: int, hashes: dict[str, st
     if (s.expect_size is not None and s.expect_size != size) or (s.expect_sha and s.expect_sha.removeprefix("sha256:") != digest):
         raise IntegrityError(f"{s.path} does not match its export manifest (size/sha256); re-run 'raftsmith export'.")
     hashes[s.arcname] = digest
-
-
-# --------------------------------------------------------------------------- verify / install
-
-
-def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: bool = False) -> VerifyReport:
-    """Check every member against the manifest; raise IntegrityError naming the first problem."""
-    t0 = time.perf_counter()
-    if not isinstance(path, (str, os.PathLike)):
-        manifest, total = walk(path, None, lambda n: None)
-        shown = "<stream>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Bundle {p} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
-        with open(p, "rb") as f, progress_bar(progress, p.stat().st_size, "verifying") as advance:
-            manifest, total = walk(f, None, advance)
-        shown = str(p)
-    return VerifyReport(shown, len(manifest.entries), total, round(time.perf_counter() - t0, 3), manifest.export_name,
-                        manifest.created_at, manifest.raftsmith_version, manifest.embedding_included)
-
-
-# --------------------------------------------------------------------------- install
-
-
-def install_bundle(
-    path: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    register: bool = False,
-    host: str | None = None,
-    progress: bool = True,
-) -> InstallReport:
-    """Verify and install a bundle into ``dest`` (a new or empty folder), configured for llama-cpp."""
-    from rag.bundle_install import install_verified
-
-    return install_verified(Path(path), Path(dest), register=register, host=host, progress=progress)

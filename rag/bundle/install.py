@@ -8,21 +8,82 @@ after the files are in place: a down Ollama does not undo a verified install.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sqlite3
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import yaml
 
-from rag.bundle import InstallReport
-from rag.bundle_checks import CONFIG_MEMBER, BundleManifest
-from rag.bundle_reader import STATE_MANIFEST, extract_verified, read_manifest
+from rag.bundle.manifest import BundleManifest, ManifestEntry
+from rag.bundle.members import CONFIG_MEMBER
+from rag.bundle.reader import STATE_MANIFEST, progress_bar, read_manifest, walk
+from rag.bundle.reports import InstallReport
 from rag.config import STATE_DIR, Workspace, dump_config, load_workspace, parse_config
 from rag.errors import ConfigError, IntegrityError, RaftsmithError
+from rag.fsutil import BLOCK, atomic_write, sha256_file
+
+
+def install_path(member: str, export_name: str | None) -> str:
+    """Where a bundle member lands inside the installed workspace."""
+    if member.startswith("export/"):
+        if not export_name:
+            raise IntegrityError("the bundle holds export files but names no export; the bundle is damaged")
+        return f"gguf/{export_name}/{member[len('export/'):]}"
+    return member
+
+
+def extract_verified(src: Path, target: Path, progress: bool) -> tuple[BundleManifest, int, str]:
+    """Stream ``src`` into the empty folder ``target``, checking every member on the way.
+
+    Each member passes our checks (in ``walk``) and tarfile's own ``data`` filter before a
+    byte is written; files are created exclusively (no following links); after the walk
+    every written file is hashed again from disk. Returns (manifest, payload bytes, sha256
+    of the bundle file).
+    """
+    written: list[tuple[Path, ManifestEntry]] = []
+    data_filter = getattr(tarfile, "data_filter", None)  # Python 3.11.4+ / 3.10.12+
+
+    def sink(m: tarfile.TarInfo, entry: ManifestEntry, manifest: BundleManifest) -> IO[bytes]:
+        if data_filter is not None:
+            try:
+                data_filter(m, str(target))
+            except tarfile.FilterError as err:
+                raise IntegrityError(f"bundle member {ascii(m.name)} refused by tarfile's data filter: {err}") from None
+        dst = target / install_path(entry.path, manifest.export_name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        written.append((dst, entry))
+        return os.fdopen(fd, "wb")
+
+    with open(src, "rb") as raw, progress_bar(progress, src.stat().st_size, "installing") as advance:
+        f = _WholeFileHash(raw)
+        manifest, total = walk(f, sink, advance)  # type: ignore[arg-type]
+        while f.read(BLOCK):  # what tarfile left unread (end-of-archive blocks)
+            pass
+    for dst, entry in written:  # re-hash what reached the disk
+        if dst.stat().st_size != entry.size or sha256_file(dst) != entry.sha256:
+            raise IntegrityError(f"{dst} does not match the manifest after writing; check the disk and retry.")
+    return manifest, total, f.sha.hexdigest()
+
+
+class _WholeFileHash:
+    """Hashes the bundle file itself as tarfile streams it (for the audit record)."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.sha.update(data)
+        return data
 
 
 def _check_dest(dest: Path) -> None:
@@ -85,9 +146,7 @@ def _configure(root: Path, manifest: BundleManifest) -> Path:
     if any(p.startswith("domain_questions/") for p in paths):
         cfg.raft.questions = ["domain_questions"]
     header = "# raftsmith workspace installed from a bundle by 'raftsmith bundle install'.\n"
-    tmp = cfg_path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + dump_config(cfg), encoding="utf-8")
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, header + dump_config(cfg))
     return cfg_path
 
 
@@ -115,7 +174,7 @@ def _rehome_index(index_dir: Path, bundled_as: str, now: str) -> None:
             return  # not ours to judge here; the retriever rebuilds FAISS from SQLite
         if isinstance(data, dict) and data.get("embedding_model") == bundled_as:
             data["embedding_model"] = now
-            meta.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            atomic_write(meta, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def install_verified(src: Path, dest: Path, *, register: bool, host: str | None, progress: bool) -> InstallReport:
@@ -182,8 +241,8 @@ def _audit(ws: Workspace, src: Path, bundle_sha: str, manifest: BundleManifest, 
 
 
 def _register(ws: Workspace, host: str | None, export_name: str | None) -> list[str]:
-    """Create the bundled models in Ollama (rag.ollama_api.register); the install stays either way."""
-    from rag.ollama_api import register
+    """Create the bundled models in Ollama (rag.register.register); the install stays either way."""
+    from rag.register import register
 
     try:
         result = register(ws, host=host, export_name=export_name)
@@ -193,3 +252,14 @@ def _register(ws: Workspace, host: str | None, export_name: str | None) -> list[
             f"Once that is fixed, run: raftsmith register --config {ws.config_path}"
         ) from None
     return [m.name for m in result.models]
+
+
+def install_bundle(
+    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    register: bool = False,
+    host: str | None = None,
+    progress: bool = True,
+) -> InstallReport:
+    """Verify and install a bundle into ``dest`` (a new or empty folder), configured for llama-cpp."""
+    return install_verified(Path(path), Path(dest), register=register, host=host, progress=progress)
