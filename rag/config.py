@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -120,7 +120,7 @@ class LoraConfig(Section):
 class StudentConfig(Section):
     family: str = Field("smollm2", description="Model family from the registry in builder/families.py (the README lists them).")
     base: str | None = Field(None, description="Base model path or HF id (default: the family's).")
-    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    backend: TrainerName = "auto"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     lr: float | None = Field(None, gt=0, description="Learning rate (default: the family's).")
     epochs: float | None = Field(None, gt=0, description="Training epochs (default: the family's).")
@@ -145,8 +145,16 @@ class OllamaConfig(Section):
     tuned_model_name: str | None = Field(None, description="Name raftsmith registers the tuned model as.")
 
 
+BackendName = Literal["llama-cpp", "ollama", "openai"]
+#: the chat backends (rag.llm.factory builds each); --backend offers these
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+TrainerName = Literal["auto", "unsloth", "hf"]
+#: student.backend / train --backend
+TRAINER_NAMES: tuple[str, ...] = get_args(TrainerName)
+
+
 class ChatConfig(Section):
-    backend: Literal["llama-cpp", "ollama", "openai"] = "llama-cpp"
+    backend: BackendName = "llama-cpp"
     model: str = Field("tuned", description="'base', 'tuned' or a model name/path.")
     top_k: int = Field(5, ge=1, le=100)
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rag.cli.common import config_option, handle_errors, print_json
+from rag.cli.progress import progress_bar
 from rag.config import load_workspace
 from rag.providers import TEACHER_CHOICES
 
@@ -35,11 +36,12 @@ def generate_cmd(
     from builder.generate.engine import run_generate
 
     ws = load_workspace(config_path)
-    summary = run_generate(
-        ws, questions=list(questions) or None, synthesize=synthesize, teacher=teacher, dry_run=dry_run,
-        local_only=local_only, limit=limit, progress=not (as_json or quiet), model=model, base_url=base_url,
-        concurrency=concurrency,
-    )
+    with progress_bar(not (as_json or quiet)) as progress:
+        summary = run_generate(
+            ws, questions=list(questions) or None, synthesize=synthesize, teacher=teacher, dry_run=dry_run,
+            local_only=local_only, limit=limit, progress=progress, model=model, base_url=base_url,
+            concurrency=concurrency,
+        )
     if as_json:
         print_json(summary.to_dict())
         return

@@ -203,7 +203,7 @@ def reference_completion(
 
 
 def build_row(item: RaftItem, assistant: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The ARCHITECTURE training row; the prompt comes from rag.prompting, like answering."""
+    """The training row (docs/architecture.md); the prompt comes from rag.prompting, like answering."""
     messages = build_messages(item.question, item.context.documents)
     messages.append({"role": "assistant", "content": assistant})
     return {"messages": messages, "meta": meta}

@@ -1,6 +1,6 @@
 """Training rows -> token ids and labels with the loss on assistant tokens only.
 
-Rows are the ARCHITECTURE training rows (``{"messages": [...], "meta": {...}}``). A row is
+Rows are the training rows of docs/architecture.md (``{"messages": [...], "meta": {...}}``). A row is
 rendered to text with the model's own chat template (or the Harmony renderer for gpt-oss),
 and the assistant spans are found *by rendering prefixes*: the text up to a turn with the
 generation prompt, and the text through that turn. Whatever the template adds between the two

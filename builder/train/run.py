@@ -33,6 +33,7 @@ from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
 from rag.errors import TrainingError
 from rag.fsutil import atomic_write
+from rag.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def run_train(
     resume: bool = False,
     train_file: str | os.PathLike[str] | None = None,
     eval_file: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> TrainResult:
     st = ws.config.student
     prev: dict[str, Any] | None = None
@@ -205,7 +206,7 @@ def run_train(
 
     lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"], hp.get("top_layers"))
     t0 = time.time()
-    quiet_libraries(progress)
+    quiet_libraries(progress is not None)
     try:
         model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
         enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])
@@ -262,7 +263,8 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.Encoded,
-                  enc_eval: datamod.Encoded | None, hp: dict[str, Any], run_dir: Path, progress: bool) -> Any:
+                  enc_eval: datamod.Encoded | None, hp: dict[str, Any], run_dir: Path,
+                  progress: Progress | None) -> Any:
     import math
 
     from transformers import Trainer, TrainingArguments
@@ -296,7 +298,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         fp16=precision["fp16"],
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    callbacks = [make_progress_callback(total)] if progress else []
+    callbacks = [make_progress_callback(total, progress)] if progress is not None else []
     # The hf backend trains with the gathered assistant-only loss; Unsloth brings its own fused one.
     trainer_cls = make_trainer_class() if be.name == "hf" else Trainer
     trainer = trainer_cls(
@@ -305,7 +307,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         eval_dataset=datamod.TokenDataset(enc_eval) if has_eval and enc_eval is not None else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
-    # With tqdm off, transformers prints every log dict to stdout; the rich bar replaces that.
+    # With tqdm off, transformers prints every log dict to stdout; the progress events replace that.
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)

@@ -30,12 +30,12 @@ from rag.bundle.members import (
     SAFE_EXPORT_NAME,
     check_member_name,
 )
-from rag.bundle.reader import progress_bar
 from rag.bundle.reports import BundleReport
 from rag.bundle.scan import is_text_member, live_secret_values, scan_file_for_secrets
 from rag.config import Workspace, dump_config
 from rag.errors import ConfigError, IndexStoreError, IntegrityError
 from rag.fsutil import atomic_path, sha256_file
+from rag.progress import Progress, counter
 
 _JUNK_SUFFIXES = (".lock", ".tmp", ".temp", ".partial", "-wal", "-shm", "-journal", "~")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -216,7 +216,7 @@ def create_bundle(
     out_path: str | os.PathLike[str],
     include_embedding_model: bool = True,
     export_name: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> BundleReport:
     """Pack export + index + embedding model + config + questions into ``out_path`` (.tar or .tar.gz)."""
     t0 = time.perf_counter()
@@ -276,7 +276,8 @@ def _scan_sources(ws: Workspace, sources: list[_Source]) -> None:
             scan_file_for_secrets(s.path, s.arcname, live, assignments=(s.scan == "full"))
 
 
-def _write_tar(dest: Path, sources: list[_Source], body: dict[str, Any], compressed: bool, progress: bool) -> int:
+def _write_tar(dest: Path, sources: list[_Source], body: dict[str, Any], compressed: bool,
+               progress: Progress | None) -> int:
     """Write manifest first, then every source, hashing as bytes stream into the tar.
 
     Plain .tar: the manifest is written with placeholder hashes of the same length and
@@ -287,10 +288,10 @@ def _write_tar(dest: Path, sources: list[_Source], body: dict[str, Any], compres
     total = sum(sizes.values())
     hashes: dict[str, str] = {}
     if compressed:
-        with progress_bar(progress, total, "hashing") as advance:
-            for s in sources:
-                hashes[s.arcname] = sha256_file(s.path)
-                advance(sizes[s.arcname])
+        advance = counter(progress, total, "hashing")
+        for s in sources:
+            hashes[s.arcname] = sha256_file(s.path)
+            advance(sizes[s.arcname])
 
     def manifest_bytes() -> bytes:
         members = [{"path": s.arcname, "size": sizes[s.arcname], "sha256": hashes.get(s.arcname, "0" * 64)} for s in sources]
@@ -301,9 +302,9 @@ def _write_tar(dest: Path, sources: list[_Source], body: dict[str, Any], compres
         with tarfile.open(fileobj=raw, mode="w:gz" if compressed else "w", format=tarfile.PAX_FORMAT) as tf:
             tf.addfile(_tarinfo(MANIFEST_NAME, len(first), time.time()), io.BytesIO(first))
             manifest_data_at = tf.offset - _padded(len(first))
-            with progress_bar(progress, total, "bundling") as advance:
-                for s in sources:
-                    _add_source(tf, s, sizes[s.arcname], hashes, advance)
+            advance = counter(progress, total, "bundling")
+            for s in sources:
+                _add_source(tf, s, sizes[s.arcname], hashes, advance)
         if not compressed:
             final = manifest_bytes()
             assert len(final) == len(first)

@@ -23,11 +23,12 @@ import yaml
 
 from rag.bundle.manifest import BundleManifest, ManifestEntry
 from rag.bundle.members import CONFIG_MEMBER
-from rag.bundle.reader import STATE_MANIFEST, progress_bar, read_manifest, walk
+from rag.bundle.reader import STATE_MANIFEST, read_manifest, walk
 from rag.bundle.reports import InstallReport
 from rag.config import STATE_DIR, Workspace, dump_config, load_workspace, parse_config
 from rag.errors import ConfigError, IntegrityError, RaftsmithError
 from rag.fsutil import BLOCK, atomic_write, sha256_file
+from rag.progress import Progress, counter
 
 
 def install_path(member: str, export_name: str | None) -> str:
@@ -39,7 +40,7 @@ def install_path(member: str, export_name: str | None) -> str:
     return member
 
 
-def extract_verified(src: Path, target: Path, progress: bool) -> tuple[BundleManifest, int, str]:
+def extract_verified(src: Path, target: Path, progress: Progress | None) -> tuple[BundleManifest, int, str]:
     """Stream ``src`` into the empty folder ``target``, checking every member on the way.
 
     Each member passes our checks (in ``walk``) and tarfile's own ``data`` filter before a
@@ -62,9 +63,9 @@ def extract_verified(src: Path, target: Path, progress: bool) -> tuple[BundleMan
         written.append((dst, entry))
         return os.fdopen(fd, "wb")
 
-    with open(src, "rb") as raw, progress_bar(progress, src.stat().st_size, "installing") as advance:
+    with open(src, "rb") as raw:
         f = _WholeFileHash(raw)
-        manifest, total = walk(f, sink, advance)  # type: ignore[arg-type]
+        manifest, total = walk(f, sink, counter(progress, src.stat().st_size, "installing"))  # type: ignore[arg-type]
         while f.read(BLOCK):  # what tarfile left unread (end-of-archive blocks)
             pass
     for dst, entry in written:  # re-hash what reached the disk
@@ -177,7 +178,8 @@ def _rehome_index(index_dir: Path, bundled_as: str, now: str) -> None:
             atomic_write(meta, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def install_verified(src: Path, dest: Path, *, register: bool, host: str | None, progress: bool) -> InstallReport:
+def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
+                     progress: Progress | None) -> InstallReport:
     t0 = time.perf_counter()
     if not src.is_file():
         raise ConfigError(f"Bundle {src} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
@@ -259,7 +261,7 @@ def install_bundle(
     dest: str | os.PathLike[str],
     register: bool = False,
     host: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> InstallReport:
     """Verify and install a bundle into ``dest`` (a new or empty folder), configured for llama-cpp."""
     return install_verified(Path(path), Path(dest), register=register, host=host, progress=progress)

@@ -8,13 +8,12 @@ naming the first problem; nothing it wrote counts until the walk ends cleanly.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -30,28 +29,12 @@ from rag.bundle.reports import VerifyReport
 from rag.config import STATE_DIR
 from rag.errors import ConfigError, IntegrityError
 from rag.fsutil import BLOCK
+from rag.progress import Progress, counter
 
 STATE_MANIFEST = f"{STATE_DIR}/bundle-manifest.json"
 
 # Called for each file member once its header checks out; returns where its bytes go.
 Sink = Callable[[tarfile.TarInfo, ManifestEntry, BundleManifest], "IO[bytes] | None"]
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich byte-progress bar on stderr (stdout stays clean for --json); a no-op when off."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=Console(stderr=True), transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total or None)
-        yield lambda n: bar.advance(task, n)
 
 
 def walk(fileobj: IO[bytes], sink: Sink | None, advance: Callable[[int], None]) -> tuple[BundleManifest, int]:
@@ -153,7 +136,7 @@ def _stream_member(tf: tarfile.TarFile, m: tarfile.TarInfo, out: IO[bytes] | Non
     return h.hexdigest(), count
 
 
-def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: bool = False) -> VerifyReport:
+def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: Progress | None = None) -> VerifyReport:
     """Check every member against the manifest; raise IntegrityError naming the first problem."""
     t0 = time.perf_counter()
     if not isinstance(path, (str, os.PathLike)):
@@ -163,8 +146,8 @@ def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: bool = Fal
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"Bundle {p} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
-        with open(p, "rb") as f, progress_bar(progress, p.stat().st_size, "verifying") as advance:
-            manifest, total = walk(f, None, advance)
+        with open(p, "rb") as f:
+            manifest, total = walk(f, None, counter(progress, p.stat().st_size, "verifying"))
         shown = str(p)
     return VerifyReport(shown, len(manifest.entries), total, round(time.perf_counter() - t0, 3), manifest.export_name,
                         manifest.created_at, manifest.raftsmith_version, manifest.embedding_included)

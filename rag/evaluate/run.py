@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from rag.errors import AuditError, ConfigError, RaftsmithError
 from rag.evaluate.metrics import contains_words, normalize, score_row, summarize
 from rag.evaluate.questions import EvalItem, attach_oracles, load_items
 from rag.evaluate.report import EvalReport, write_outputs
+from rag.progress import Progress, emit
 
 # --- the run ---------------------------------------------------------------------------------
 
@@ -60,16 +61,12 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
 
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
              questions: Sequence[str | Path] | None = None, out_dir: str | Path | None = None, backend: str | None = None,
-             limit: int | None = None, progress: Callable[[str], None] | bool | None = None,
+             limit: int | None = None, progress: Progress | None = None,
              judge: bool = False) -> EvalReport:
     """Every question through models x rag_modes; writes results.json, report.md/.html, chart.png.
 
-    ``progress``: a callable taking one status line, True (print to stderr) or None/False.
+    ``progress`` gets one event per question: (asked so far, questions x models x modes, label).
     """
-    if progress is True:
-        import sys
-
-        progress = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
     items = load_items(ws, questions, limit)
     out = Path(out_dir) if out_dir else ws.state_dir / "eval" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
@@ -78,14 +75,15 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
         if any(rag_modes):
             attach_oracles(engine, items)
         all_rows: list[dict[str, Any]] = []
+        asked, total = 0, len(items) * len(models) * len(rag_modes)
         summary: list[dict[str, Any]] = []
         for model in models:
             ref, _ = engine.backend(model, backend)  # resolve (and load) before timing anything
             for rag in rag_modes:
                 rows = []
                 for i, it in enumerate(items, start=1):
-                    if progress:
-                        progress(f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
+                    asked += 1
+                    emit(progress, asked, total, f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
                     try:
                         res = engine.answer(it.question, model=model, backend=backend, rag=rag, event="eval",
                                             extra={"eval_item": it.id})

@@ -22,6 +22,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 from rag.errors import IngestError
 from rag.fsutil import atomic_write
+from rag.progress import Progress
 
 if TYPE_CHECKING:
     import httpx
@@ -117,7 +118,7 @@ class _Cache:
         return path
 
 
-def crawl(ws: Workspace, url: str, progress: bool = False, client: httpx.Client | None = None,
+def crawl(ws: Workspace, url: str, progress: Progress | None = None, client: httpx.Client | None = None,
           ) -> tuple[list[CrawledPage], list[tuple[str, str]]]:
     """Pages fetched (or taken from the cache) and (url, reason) failures. Raises IngestError
     when the starting llms.txt cannot be had."""

@@ -51,7 +51,7 @@ def make_workspace(root: Path, chat: dict | None = None) -> Path:
     else:
         from rag.ingest.pipeline import ingest
 
-        ingest(ws, progress=False)
+        ingest(ws)
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.copytree(ws.index_dir, tmp, ignore=shutil.ignore_patterns("*.lock"))
         try:

@@ -44,7 +44,7 @@ def ensure_index(ws_root: Path) -> Path:
     if not (cache / "done").exists():
         from rag.ingest.pipeline import ingest
 
-        ingest(ws, progress=False)
+        ingest(ws)
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(ws.index_dir, tmp)

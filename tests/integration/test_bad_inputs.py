@@ -44,7 +44,7 @@ def test_bad_inputs_each_get_a_status(tmp_path: Path) -> None:
     cfg = ws.config_path.read_text().replace("max_file_mb: 20.0", "max_file_mb: 1.0")
     ws.config_path.write_text(cfg)
     ws = load_workspace(ws.config_path)
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     by = {f.source: f for f in report.files}
 
     def status(name: str) -> tuple[str, str]:
@@ -78,7 +78,7 @@ def test_bad_inputs_each_get_a_status(tmp_path: Path) -> None:
 
     # fixing a file turns its error into ok on the next run; unchanged bad files keep their status
     (docs / "truncated.pdf").write_bytes(whole)
-    again = {f.source: f for f in ingest(ws, progress=False).files}
+    again = {f.source: f for f in ingest(ws).files}
     assert again["docs/truncated.pdf"].status == "ok"
     assert again["docs/blob.txt"].status == "skipped"
     assert again["docs/good.md"].action == "unchanged"
@@ -87,7 +87,7 @@ def test_bad_inputs_each_get_a_status(tmp_path: Path) -> None:
 def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws")
     (ws.root / "docs" / "a.md").write_text("# A\n\nalpha text\n")
-    report = ingest(ws, paths=["docs", "nope/missing.md"], progress=False)
+    report = ingest(ws, paths=["docs", "nope/missing.md"])
     by = {f.source: f for f in report.files}
     assert by["docs/a.md"].status == "ok"
     assert by["nope/missing.md"].status == "error" and "not found" in (by["nope/missing.md"].reason or "")
@@ -96,6 +96,6 @@ def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
 def test_same_file_named_twice_is_ingested_once(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws")
     (ws.root / "docs" / "a.md").write_text("# A\n\nalpha text about the gannet\n")
-    report = ingest(ws, paths=["docs", "docs/a.md", str(ws.root / "docs" / "a.md")], progress=False)
+    report = ingest(ws, paths=["docs", "docs/a.md", str(ws.root / "docs" / "a.md")])
     assert [f.source for f in report.files] == ["docs/a.md"]
     assert report.total_chunks == 1

@@ -65,7 +65,7 @@ def _small_workspace(root: Path) -> Workspace:
 def good(tmp_path: Path) -> bytes:
     ws = _small_workspace(tmp_path / "src")
     out = tmp_path / "good.tar"
-    create_bundle(ws, out, progress=False)
+    create_bundle(ws, out)
     data = out.read_bytes()
     shutil.rmtree(tmp_path / "src")
     out.unlink()
@@ -128,7 +128,7 @@ def _assert_rejected(data: bytes, tmp_path: Path, match: str | None = None) -> N
     bundle.write_bytes(data)
     before, before_tmp = _tree(area), _tree(tmp_path)
     with pytest.raises(IntegrityError, match=match):
-        install_bundle(bundle, area / "dest", progress=False)
+        install_bundle(bundle, area / "dest")
     assert _tree(area) == before
     assert _tree(tmp_path) == before_tmp
     assert not (tmp_path / "x").exists() and not Path("/tmp/x-raftsmith-evil").exists()
@@ -283,7 +283,7 @@ def test_tarfile_data_filter_sees_every_member(good: bytes, tmp_path: Path, monk
     monkeypatch.setattr(tarfile, "data_filter", spy)
     bundle = tmp_path / "good.tar"
     bundle.write_bytes(good)
-    install_bundle(bundle, tmp_path / "dest", progress=False)
+    install_bundle(bundle, tmp_path / "dest")
     assert sorted(seen) == sorted(m.name for m, _ in _members(good)[1:])
 
 
@@ -298,7 +298,7 @@ def test_failed_install_leaves_existing_empty_dest(good: bytes, tmp_path: Path) 
     bundle.write_bytes(bytes(buf))
     before = _tree(tmp_path)
     with pytest.raises(IntegrityError, match="sha256"):
-        install_bundle(bundle, dest, progress=False)
+        install_bundle(bundle, dest)
     assert dest.is_dir() and not any(dest.iterdir())
     assert _tree(tmp_path) == before
 
@@ -321,7 +321,7 @@ def test_installed_bundle_searches_and_answers(sample_workspace: Path, smollm2_g
     (sample_workspace / "raftsmith.yaml").write_text(yaml.safe_dump(cfg))
     ws = load_workspace(sample_workspace / "raftsmith.yaml")
     # three documents keep the real-MiniLM ingest to seconds; one of them answers the query
-    ingest(ws, paths=["docs/key-rotation.md", "docs/networking.md", "docs/overview.md"], progress=False)
+    ingest(ws, paths=["docs/key-rotation.md", "docs/networking.md", "docs/overview.md"])
     ex = ws.export_dir / "kestrel-smollm2"
     ex.mkdir(parents=True)
     gguf = ex / "model-q4_1.gguf"
@@ -333,11 +333,11 @@ def test_installed_bundle_searches_and_answers(sample_workspace: Path, smollm2_g
                    "sha256": sha256_file(gguf), "size": gguf.stat().st_size}],
     }))
     out = tmp_path / "kestrel.tar"
-    rep = create_bundle(ws, out, progress=False)
+    rep = create_bundle(ws, out)
     assert rep.embedding_included and rep.export_name == "kestrel-smollm2"
     shutil.rmtree(sample_workspace)  # the laptop has no source workspace
     dest = tmp_path / "laptop" / "kestrel"
-    install_bundle(out, dest, progress=False)
+    install_bundle(out, dest)
     ws2 = load_workspace(dest / "raftsmith.yaml")
     assert ws2.index_dir == dest / "index"
     assert ws2.config.embedding.model == "embedding"

@@ -136,7 +136,7 @@ def test_ingest_an_llms_txt_url(site: _Site, tmp_path: Path) -> None:
     ws.config_path.write_text(ws.config_path.read_text().replace("delay_s: 0.2", "delay_s: 0.0")
                               .replace("skip_infixes: []", "skip_infixes: ['/internal/']"))
     ws = load_workspace(ws.config_path)
-    report = ingest(ws, paths=[site.base + "/llms.txt"], progress=False)
+    report = ingest(ws, paths=[site.base + "/llms.txt"])
     by = {f.source.removeprefix(site.base): f for f in report.files}
     assert by["/docs/ports.md"].status == "ok"
     assert by["/docs/missing.md"].status == "error"
@@ -144,6 +144,6 @@ def test_ingest_an_llms_txt_url(site: _Site, tmp_path: Path) -> None:
         top = r.search("Which port does the Plover gateway listen on?", k=1)[0]
         assert top.source == site.base + "/docs/ports.md" and "6612" in top.text
     n = len(site.requests)
-    again = ingest(ws, paths=[site.base + "/llms.txt"], progress=False)
+    again = ingest(ws, paths=[site.base + "/llms.txt"])
     assert again.embeddings_computed == 0
     assert len(site.requests) - n == 1  # only the page that failed before is retried

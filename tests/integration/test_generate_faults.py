@@ -180,7 +180,7 @@ def test_engine_survives_random_faults_and_rerun_is_free(sample_workspace: Path)
         from rag.retrieve import Retriever
 
         retriever = Retriever.from_workspace(ws)  # loaded once for the three runs
-        s = run_generate(ws, limit=12, progress=False, retriever=retriever)
+        s = run_generate(ws, limit=12, retriever=retriever)
         rows = _all_rows(sample_workspace)
         assert not s.dropped.get("no_quotes") and not s.dropped.get("unverified_quote"), s.dropped
         ids = [r["meta"]["id"] for r in rows]
@@ -192,12 +192,12 @@ def test_engine_survives_random_faults_and_rerun_is_free(sample_workspace: Path)
         log_lines = (sample_workspace / ".raftsmith" / "teacher_payloads.jsonl").read_text().splitlines()
         assert len(log_lines) == s.payloads_sent == 12
         before = srv.calls
-        s2 = run_generate(load_workspace(cfg), limit=12, progress=False, retriever=retriever)
+        s2 = run_generate(load_workspace(cfg), limit=12, retriever=retriever)
         assert srv.calls == before and s2.calls == 0 and s2.new_rows == 0 and s2.resumed_rows == 12
         # after deleting the data, the cache alone rebuilds it without a call
         for f in (sample_workspace / "training_data").glob("kestrel.*.jsonl"):
             f.unlink()
-        s3 = run_generate(load_workspace(cfg), limit=12, progress=False, retriever=retriever)
+        s3 = run_generate(load_workspace(cfg), limit=12, retriever=retriever)
         retriever.close()
         assert srv.calls == before and s3.cache_hits == 12 and s3.new_rows == 12
         assert sorted(r["meta"]["id"] for r in _all_rows(sample_workspace)) == sorted(ids)
@@ -212,7 +212,7 @@ def test_max_cost_stops_cleanly_and_keeps_rows(sample_workspace: Path) -> None:
         ws = load_workspace(cfg)
         ws.config.teacher.concurrency = 1
         ws.config.teacher.max_cost_usd = 0.0025  # roughly two calls at $1/$2 per Mtok
-        s = run_generate(ws, limit=10, progress=False, concurrency=1)
+        s = run_generate(ws, limit=10, concurrency=1)
         assert s.stopped and "max_cost_usd" in s.stopped
         assert 0 < s.new_rows < 10 and s.dropped.get("not_started_budget", 0) == 10 - s.new_rows
         assert len(_all_rows(sample_workspace)) == s.new_rows
@@ -224,13 +224,13 @@ def test_dry_run_estimates_and_calls_nothing(sample_workspace: Path) -> None:
 
     with ScriptedTeacher() as srv:
         cfg = _ws(sample_workspace, srv.base_url)
-        s = run_generate(load_workspace(cfg), dry_run=True, synthesize=2, progress=False)
+        s = run_generate(load_workspace(cfg), dry_run=True, synthesize=2)
         assert srv.calls == 0 and s.dry_run
         assert s.estimated_prompt_tokens > 1000 and s.estimated_cost_usd > 0
         # raft.no_oracle: refuse -> the oracle-less training rows are refusals: no call to estimate
         ws = load_workspace(cfg)
         ws.config.raft.no_oracle = "refuse"
-        s2 = run_generate(ws, dry_run=True, synthesize=2, progress=False)
+        s2 = run_generate(ws, dry_run=True, synthesize=2)
         assert srv.calls == 0 and s2.planned == s.planned and s2.estimated_rows < s.estimated_rows
         assert not list((sample_workspace / "training_data").glob("kestrel.*.jsonl"))
 
@@ -239,7 +239,7 @@ GEN_SCRIPT = r"""
 import sys
 from rag.config import load_workspace
 from builder.generate.engine import run_generate
-s = run_generate(load_workspace(sys.argv[1]), limit=int(sys.argv[2]), progress=False, concurrency=3)
+s = run_generate(load_workspace(sys.argv[1]), limit=int(sys.argv[2]), concurrency=3)
 print("DONE", s.new_rows)
 """
 
@@ -279,7 +279,7 @@ def test_sigkill_at_random_points_then_resume(sample_workspace: Path) -> None:
         from builder.generate.engine import run_generate
         from rag.config import load_workspace
 
-        s = run_generate(load_workspace(cfg), limit=n, progress=False, dry_run=True)
+        s = run_generate(load_workspace(cfg), limit=n, dry_run=True)
         assert s.planned == n
 
 
@@ -289,7 +289,7 @@ def test_synthesized_questions_mix_with_question_files(sample_workspace: Path) -
 
     with ScriptedTeacher() as srv:
         cfg = _ws(sample_workspace, srv.base_url)
-        s = run_generate(load_workspace(cfg), synthesize=1, progress=False, concurrency=8)
+        s = run_generate(load_workspace(cfg), synthesize=1, concurrency=8)
         rows = _all_rows(sample_workspace)
         synth = [r for r in rows if r["meta"]["id"].startswith("s-")]
         yaml_rows = [r for r in rows if not r["meta"]["id"].startswith("s-")]
@@ -315,7 +315,7 @@ def test_redaction_before_sending_and_restore_after(sample_workspace: Path) -> N
         ws = load_workspace(cfg)
         ws.config.teacher.redact = True
         ws.config.teacher.deny_list = ["Kestrel", "Orvane"]
-        s = run_generate(ws, limit=8, progress=False)
+        s = run_generate(ws, limit=8)
         sent = json.dumps([r["body"] for r in srv.requests])
         assert "Kestrel" not in sent and "Orvane" not in sent and "10.74.0.7" not in sent
         assert "[DENY_1]" in sent
@@ -337,13 +337,13 @@ def test_invented_quotes_are_regenerated_then_dropped(sample_workspace: Path) ->
     with ScriptedTeacher() as srv:
         cfg = _ws(sample_workspace, srv.base_url)
         srv.script(("text", bad))  # first try invents a quote, the regeneration is faithful
-        s = run_generate(load_workspace(cfg), limit=1, progress=False, concurrency=1)
+        s = run_generate(load_workspace(cfg), limit=1, concurrency=1)
         assert s.new_rows == 1 and srv.calls == 2 and not s.dropped.get("unverified_quote")
         for f in (sample_workspace / "training_data").glob("kestrel.*.jsonl"):
             f.unlink()
         ws = load_workspace(cfg)
         ws.config.raft.seed = 5  # fresh contexts: no cache hits
         srv.script(("text", bad), ("text", none), ("text", bad))
-        s = run_generate(ws, limit=1, progress=False, concurrency=1)
+        s = run_generate(ws, limit=1, concurrency=1)
         assert s.new_rows == 0 and s.dropped.get("unverified_quote") == 1 and s.calls == 3
         assert _all_rows(sample_workspace) == []

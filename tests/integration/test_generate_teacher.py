@@ -55,7 +55,7 @@ def test_teacher_none_rows_load_and_render(sample_workspace: Path, smollm2_gguf:
     heldout_ids = {i["id"] for g in heldout["questions"] for i in g["items"]}
     ids = [x["meta"]["id"] for x in train + ev]
     assert len(ids) == len(set(ids)) and not heldout_ids & set(ids)
-    # ARCHITECTURE row contract
+    # the training row contract (docs/architecture.md)
     for row in train + ev:
         m = row["meta"]
         assert [t["role"] for t in row["messages"]] == ["system", "user", "assistant"]
@@ -178,7 +178,7 @@ def test_real_llama_cpp_server_teacher(sample_workspace: Path, llama_server: str
                        "concurrency": 2, "max_retries": 1, "temperature": 0.0, "local_only": True,
                        "price_in_per_mtok": 0.0, "price_out_per_mtok": 0.0},
          raft={"n_distractors": 1, "p_oracle": 1.0})
-    s = run_generate(load_workspace(cfg), limit=2, progress=False, quality_retries=0)
+    s = run_generate(load_workspace(cfg), limit=2, quality_retries=0)
     # the structured-output request went through the real server and came back schema-valid
     assert s.calls >= 2 and s.prompt_tokens > 100 and s.completion_tokens > 0
     assert s.payloads_sent == s.calls
@@ -189,7 +189,7 @@ def test_real_llama_cpp_server_teacher(sample_workspace: Path, llama_server: str
     assert len(rows) == s.new_rows and all(r["meta"]["quotes_verified"] for r in rows)
     assert all(r["meta"]["teacher"] == {"provider": "openai-compatible", "model": "smollm2", "prompt_version": "raft-v1+answer-v1"} for r in rows)
     # the rerun is served from the cache: zero calls
-    s2 = run_generate(load_workspace(cfg), limit=2, progress=False, quality_retries=0)
+    s2 = run_generate(load_workspace(cfg), limit=2, quality_retries=0)
     assert s2.calls == 0 and s2.cache_hits >= 2 - s2.resumed_rows
 
 
@@ -222,7 +222,7 @@ def test_canary_key_never_leaks(sample_workspace: Path, caplog: pytest.LogCaptur
         cfg = ensure_index(sample_workspace)
         _set(cfg, teacher={"provider": "openai-compatible", "base_url": srv.base_url, "model": "scripted", "concurrency": 2})
         srv.script(("status", 503), ("ok",), ("malformed",))
-        s = run_generate(load_workspace(cfg), limit=4, progress=False)
+        s = run_generate(load_workspace(cfg), limit=4)
         assert s.new_rows == 4
         # the key really was sent (so the checks below can fail)
         assert {k.lower(): v for k, v in srv.requests[0]["headers"].items()}["authorization"] == f"Bearer {CANARY}"
@@ -232,7 +232,7 @@ def test_canary_key_never_leaks(sample_workspace: Path, caplog: pytest.LogCaptur
         ws = load_workspace(cfg)
         ws.config.raft.seed = 1  # new contexts: cache misses, so the 401 is met
         with pytest.raises(TeacherError) as exc:
-            run_generate(ws, limit=4, progress=False)
+            run_generate(ws, limit=4)
     assert CANARY not in str(exc.value) and CANARY not in repr(exc.value)
     assert "401" in str(exc.value)
     assert caplog.records, "debug logging was captured"

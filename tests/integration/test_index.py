@@ -28,7 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = init_workspace(tmp_path_factory.mktemp("idx") / "ws", corpus_name="kestrel")
     shutil.rmtree(ws.root / "docs")
     shutil.copytree(SAMPLE_DOCS, ws.root / "docs")
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     assert report.counts() == {"ok": len(list(SAMPLE_DOCS.iterdir())), "skipped": 0, "error": 0}
     assert report.embeddings_computed == report.chunks_added == report.total_chunks > 50
     return ws.root
@@ -110,7 +110,7 @@ def test_reingest_unchanged_computes_no_embeddings(fresh_copy: Path) -> None:
     ws = load_workspace(fresh_copy)
     embedder = load_embedder(ws.config.embedding)
     calls = embedder.calls
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     assert report.embeddings_computed == 0 and report.chunks_added == 0
     assert embedder.calls == calls
     assert {f.action for f in report.files} == {"unchanged"}
@@ -121,7 +121,7 @@ def test_change_one_file_reembeds_only_its_chunks(fresh_copy: Path) -> None:
     target = fresh_copy / "docs" / "sensors.md"
     target.write_text(target.read_text() + "\n\n## Zebra mode\n\nZebra mode pairs a sensor with the quokka beacon on channel 93.\n")
     before = load_embedder(ws.config.embedding).texts_embedded
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     changed = [f for f in report.files if f.action == "updated"]
     assert [f.source for f in changed] == ["docs/sensors.md"]
     assert 1 <= report.embeddings_computed <= changed[0].chunks
@@ -136,10 +136,10 @@ def test_change_one_file_reembeds_only_its_chunks(fresh_copy: Path) -> None:
 def test_prune_drops_deleted_files(fresh_copy: Path) -> None:
     ws = load_workspace(fresh_copy)
     (fresh_copy / "docs" / "failover.md").unlink()
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     with Retriever.from_workspace(ws) as r:
         assert any(c.source == "docs/failover.md" for c in r.all_chunks())  # kept without --prune
-    report = ingest(ws, prune=True, progress=False)
+    report = ingest(ws, prune=True)
     assert any(f.source == "docs/failover.md" and f.action == "removed" for f in report.files)
     assert report.chunks_removed > 0 and report.embeddings_computed == 0
     with Retriever.from_workspace(ws) as r:
@@ -150,8 +150,8 @@ def test_prune_drops_deleted_files(fresh_copy: Path) -> None:
 def test_lock_stops_a_second_writer(fresh_copy: Path) -> None:
     ws = load_workspace(fresh_copy)
     with writer_lock(ws.index_dir), pytest.raises(IndexStoreError, match="locked by another writer"):
-        ingest(ws, progress=False)
-    ingest(ws, progress=False)  # the lock is free again
+        ingest(ws)
+    ingest(ws)  # the lock is free again
 
 
 def test_missing_or_stale_faiss_is_rebuilt_from_sqlite(fresh_copy: Path) -> None:
@@ -176,7 +176,7 @@ def test_hnsw_and_ivf_kinds_answer_like_flat(fresh_copy: Path) -> None:
         data["index"]["kind"] = kind
         cfg_path.write_text(_yaml.safe_dump(data))
         ws = load_workspace(cfg_path)
-        report = ingest(ws, progress=False)  # a new index kind rebuilds FAISS from SQLite: no embeddings
+        report = ingest(ws)  # a new index kind rebuilds FAISS from SQLite: no embeddings
         assert report.embeddings_computed == 0
         with Retriever.from_workspace(ws) as r:
             assert r.store.get_meta("faiss_kind") == kind
@@ -191,12 +191,12 @@ def test_hnsw_updates_in_place_with_tombstones(fresh_copy: Path) -> None:
     data["index"]["kind"] = "hnsw"
     cfg_path.write_text(yaml.safe_dump(data))
     ws = load_workspace(cfg_path)
-    ingest(ws, progress=False)
+    ingest(ws)
     meta = json.loads((ws.index_dir / "meta.json").read_text())
     assert meta["faiss_kind"] == "hnsw" and meta["tombstones"] == 0
     target = fresh_copy / "docs" / "networking.md"
     target.write_text(target.read_text().replace("7431", "7999"))
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     meta = json.loads((ws.index_dir / "meta.json").read_text())
     assert meta["tombstones"] == report.chunks_removed > 0  # old vectors stay in the graph...
     with Retriever.from_workspace(ws) as r:

@@ -50,7 +50,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Answerer:
     root = make_workspace(tmp_path_factory.mktemp("inj") / "ws")
     (root / "docs" / "admin-notice.md").write_text(POISON)
     ws = load_workspace(root / "raftsmith.yaml")
-    ingest(ws, progress=False)
+    ingest(ws)
     return Answerer(ws)
 
 

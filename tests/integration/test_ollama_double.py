@@ -285,16 +285,21 @@ def test_list_and_remove_only_what_raftsmith_registered(double: OllamaDouble, tm
     root, _ = _workspace(tmp_path, double.url)
     assert _run(root, "register").exit_code == 0
     double.models["someone-elses:latest"] = {"request": {"files": {}}, "digest": "x"}
-    rows = json.loads(_run(root, "register", "--list", "--json").stdout)
+    rows = json.loads(_run(root, "register", "list", "--json").stdout)
     assert [(r["name"], r["present"]) for r in rows] == [("kestrel", True), ("kestrel-base", True)]
-    res = _run(root, "register", "--remove", "someone-elses")
+    res = _run(root, "register", "remove", "someone-elses")
     assert res.exit_code == 1 and "not registered by raftsmith" in res.output
-    res = _run(root, "register", "--remove", "kestrel")
+    res = _run(root, "register", "remove", "kestrel")
     assert res.exit_code == 0, res.output
     assert double.calls("DELETE", "/api/delete")[-1]["json"] == {"model": "kestrel"}
     assert "kestrel:latest" not in double.models and "someone-elses:latest" in double.models
-    rows = json.loads(_run(root, "register", "--list", "--json").stdout)
+    rows = json.loads(_run(root, "register", "list", "--json").stdout)
     assert [r["name"] for r in rows] == ["kestrel-base"]
+    # the flags of earlier releases still work
+    assert json.loads(_run(root, "register", "--list", "--json").stdout) == rows
+    res = _run(root, "register", "--remove", "kestrel-base")
+    assert res.exit_code == 0, res.output
+    assert json.loads(_run(root, "register", "list", "--json").stdout) == []
 
 
 def test_ollama_backend_streams_through_the_double(double: OllamaDouble, tmp_path: Path) -> None:

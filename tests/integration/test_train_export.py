@@ -172,7 +172,7 @@ def trained_export(tmp_path_factory: pytest.TempPathFactory, repo_root: Path):
         assert result.exit_code == 0, result.output
         trained = json.loads(next(ln for ln in reversed(result.stdout.splitlines()) if ln.startswith("{")))
         ws = load_workspace(root / "raftsmith.yaml")
-        exported = run_export(ws, progress=False)
+        exported = run_export(ws)
     return root, trained, exported
 
 

@@ -18,7 +18,7 @@ CHILD = """
 import sys
 from rag.config import load_workspace
 from builder.train.run import run_train
-run_train(load_workspace(sys.argv[1]), epochs=3, progress=False)
+run_train(load_workspace(sys.argv[1]), epochs=3)
 """
 
 
@@ -62,7 +62,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     run = latest_run(ws)
     assert json.loads((run / RUN_FILE).read_text())["status"] == "running"
 
-    res = run_train(load_workspace(ws.config_path), resume=True, progress=False)
+    res = run_train(load_workspace(ws.config_path), resume=True)
     assert res.run_dir == run and res.resumed_from and res.resumed_from.endswith("checkpoint-2")
     meta = json.loads((run / RUN_FILE).read_text())
     assert meta["status"] == "done" and (run / "adapter" / "adapter_model.safetensors").is_file()
@@ -72,4 +72,4 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert steps == sorted(set(steps)) and steps[-1] == 6  # no step trained twice after the resume
     with pytest.raises(TrainingError, match="Nothing to resume"):
-        run_train(load_workspace(ws.config_path), resume=True, progress=False)
+        run_train(load_workspace(ws.config_path), resume=True)

@@ -3,6 +3,7 @@
 The workspace is real in every way the bundle code cares about: a WAL-mode SQLite store with
 rows, a FAISS-sized binary, an export folder whose manifest carries the true sha256 of its
 "GGUF" files (random bytes: the bundle never parses GGUFs), and a tiny embedding folder.
+One file over ~400 lines because every test shares that workspace builder.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def ws(tmp_path: Path) -> Workspace:
 @pytest.fixture
 def bundle(ws: Workspace, tmp_path: Path) -> Path:
     out = tmp_path / "out" / "kestrel.tar"
-    create_bundle(ws, out, progress=False)
+    create_bundle(ws, out)
     return out
 
 
@@ -157,7 +158,7 @@ def test_verify_reports(bundle: Path) -> None:
 
 def test_gzip_bundle_roundtrip(ws: Workspace, tmp_path: Path) -> None:
     out = tmp_path / "b.tar.gz"
-    rep = create_bundle(ws, out, progress=False)
+    rep = create_bundle(ws, out)
     assert out.read_bytes()[:2] == b"\x1f\x8b"
     assert verify_bundle(out).members == rep.members
     data = bytearray(out.read_bytes())
@@ -167,17 +168,17 @@ def test_gzip_bundle_roundtrip(ws: Workspace, tmp_path: Path) -> None:
 
 
 def test_export_option_and_no_embedding(ws: Workspace, tmp_path: Path) -> None:
-    rep = create_bundle(ws, tmp_path / "b.tar", include_embedding_model=False, export_name="kestrel-old", progress=False)
+    rep = create_bundle(ws, tmp_path / "b.tar", include_embedding_model=False, export_name="kestrel-old")
     names = _names(tmp_path / "b.tar")
     assert rep.export_name == "kestrel-old" and not rep.embedding_included
     assert not any(n.startswith("embedding/") for n in names)
     with pytest.raises(ConfigError, match="No export named 'nope'"):
-        create_bundle(ws, tmp_path / "c.tar", export_name="nope", progress=False)
+        create_bundle(ws, tmp_path / "c.tar", export_name="nope")
 
 
 def test_no_export_bundles_without_models_and_says_so(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "bare", corpus_name="c")
-    rep = create_bundle(ws, tmp_path / "b.tar", include_embedding_model=False, progress=False)
+    rep = create_bundle(ws, tmp_path / "b.tar", include_embedding_model=False)
     assert rep.export_name is None
     assert any("No export found" in w for w in rep.warnings)
     assert verify_bundle(tmp_path / "b.tar").export_name is None
@@ -189,13 +190,13 @@ def test_export_file_not_matching_its_manifest_is_refused(ws: Workspace, tmp_pat
     data[100] ^= 1
     gguf.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="adapter.gguf does not match its export manifest"):
-        create_bundle(ws, tmp_path / "b.tar", progress=False)
+        create_bundle(ws, tmp_path / "b.tar")
     assert not list(tmp_path.glob("*.tar*")) and not list(tmp_path.glob(".b.tar*"))
 
 
 def test_bad_output_name(ws: Workspace, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\.tar"):
-        create_bundle(ws, tmp_path / "b.zip", progress=False)
+        create_bundle(ws, tmp_path / "b.zip")
 
 
 # --------------------------------------------------------------------------- secrets
@@ -247,7 +248,7 @@ def test_live_env_secret_refused(ws: Workspace, tmp_path: Path, monkeypatch: pyt
     q = ws.root / "domain_questions" / "leak.yaml"
     q.write_text(f"- question: what is the key?\n  answer: {live}\n")
     with pytest.raises(IntegrityError, match="domain_questions/leak.yaml") as err:
-        create_bundle(ws, tmp_path / "b.tar", progress=False)
+        create_bundle(ws, tmp_path / "b.tar")
     assert live not in str(err.value)
 
 
@@ -266,7 +267,7 @@ def test_keyring_secret_refused(ws: Workspace, tmp_path: Path) -> None:
         q = ws.root / "domain_questions" / "notes.yaml"
         q.write_text(f"- question: which key?\n  answer: {stored}\n")
         with pytest.raises(IntegrityError, match="keyring") as err:
-            create_bundle(ws, tmp_path / "b.tar", progress=False)
+            create_bundle(ws, tmp_path / "b.tar")
         assert "domain_questions/notes.yaml" in str(err.value) and stored not in str(err.value)
     finally:
         keyring.set_keyring(previous)
@@ -276,7 +277,7 @@ def test_secret_in_modelfile_refused(ws: Workspace, tmp_path: Path) -> None:
     mf = ws.export_dir / "kestrel-smollm2" / "Modelfile"
     mf.write_text(mf.read_text() + f"# {SECRET}\n")
     with pytest.raises(IntegrityError, match="export/Modelfile"):
-        create_bundle(ws, tmp_path / "b.tar", progress=False)
+        create_bundle(ws, tmp_path / "b.tar")
 
 
 # --------------------------------------------------------------------------- install
@@ -284,7 +285,7 @@ def test_secret_in_modelfile_refused(ws: Workspace, tmp_path: Path) -> None:
 
 def test_install_layout_config_and_audit(bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "laptop" / "kestrel"
-    rep = install_bundle(bundle, dest, progress=False)
+    rep = install_bundle(bundle, dest)
     assert rep.export_name == "kestrel-smollm2"
     ws2 = load_workspace(dest / "raftsmith.yaml")
     assert ws2.config.chat.backend == "llama-cpp"
@@ -315,7 +316,7 @@ def test_install_layout_config_and_audit(bundle: Path, tmp_path: Path) -> None:
 def test_install_into_empty_existing_dir(bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "empty"
     dest.mkdir()
-    install_bundle(bundle, dest, progress=False)
+    install_bundle(bundle, dest)
     assert (dest / "raftsmith.yaml").is_file()
 
 
@@ -324,7 +325,7 @@ def test_install_refuses_non_empty_dest(bundle: Path, tmp_path: Path) -> None:
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
-        install_bundle(bundle, dest, progress=False)
+        install_bundle(bundle, dest)
     assert [p.name for p in dest.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["busy", "out", "home-ws"])
 
@@ -423,7 +424,7 @@ class _OllamaDouble:
 def test_install_register_creates_models_in_ollama(bundle: Path, tmp_path: Path) -> None:
     ollama = _OllamaDouble()
     try:
-        rep = install_bundle(bundle, tmp_path / "laptop", register=True, host=ollama.url, progress=False)
+        rep = install_bundle(bundle, tmp_path / "laptop", register=True, host=ollama.url)
     finally:
         ollama.close()
     assert rep.registered == ["kestrel-smollm2-base", "kestrel-smollm2"]
@@ -448,7 +449,7 @@ def test_install_register_with_ollama_down_keeps_install(bundle: Path, tmp_path:
         port = s.getsockname()[1]
     dest = tmp_path / "laptop"
     with pytest.raises(OllamaUnavailable, match="installed at .*raftsmith register --config"):
-        install_bundle(bundle, dest, register=True, host=f"http://127.0.0.1:{port}", progress=False)
+        install_bundle(bundle, dest, register=True, host=f"http://127.0.0.1:{port}")
     assert load_workspace(dest / "raftsmith.yaml").config.chat.backend == "llama-cpp"
 
 
@@ -456,9 +457,9 @@ def test_long_and_unicode_names_survive(ws: Workspace, tmp_path: Path) -> None:
     name = "kestrel-" + "fragen-über-" * 12 + "x.yaml"  # > 100 bytes: needs a PAX header
     (ws.root / "domain_questions" / name).write_text("- question: Wo?\n  answer: Hier\n")
     out = tmp_path / "b.tar"
-    create_bundle(ws, out, progress=False)
+    create_bundle(ws, out)
     assert f"domain_questions/{name}" in _names(out)
-    install_bundle(out, tmp_path / "inst", progress=False)
+    install_bundle(out, tmp_path / "inst")
     assert (tmp_path / "inst" / "domain_questions" / name).read_text().startswith("- question: Wo?")
 
 
@@ -467,9 +468,9 @@ def test_install_keeps_audit_log_inside_dest(ws: Workspace, tmp_path: Path) -> N
     cfg["audit"]["path"] = str(tmp_path / "home-logs" / "audit.jsonl")  # absolute, outside the workspace
     ws.config_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "b.tar"
-    create_bundle(load_workspace(ws.config_path), out, progress=False)
+    create_bundle(load_workspace(ws.config_path), out)
     dest = tmp_path / "laptop"
-    install_bundle(out, dest, progress=False)
+    install_bundle(out, dest)
     ws2 = load_workspace(dest / "raftsmith.yaml")
     assert ws2.audit_path == dest / ".raftsmith" / "audit.jsonl" and ws2.audit_path.is_file()
     assert not (tmp_path / "home-logs").exists()
@@ -480,7 +481,7 @@ def test_running_ingest_blocks_bundling(ws: Workspace, tmp_path: Path) -> None:
     from rag.index.store import writer_lock
 
     with writer_lock(ws.index_dir), pytest.raises(IndexStoreError, match="locked by another writer"):
-        create_bundle(ws, tmp_path / "b.tar", progress=False)
+        create_bundle(ws, tmp_path / "b.tar")
     assert not (tmp_path / "b.tar").exists()
 
 
@@ -504,9 +505,9 @@ def test_streaming_memory_stays_small(ws: Workspace, tmp_path: Path, suffix: str
     out = tmp_path / f"b{suffix}"
     tracemalloc.start()
     try:
-        create_bundle(ws, out, progress=False)
+        create_bundle(ws, out)
         verify_bundle(out)
-        install_bundle(out, tmp_path / "inst", progress=False)
+        install_bundle(out, tmp_path / "inst")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -521,5 +522,5 @@ def test_install_refuses_when_declared_payload_does_not_fit(bundle: Path, tmp_pa
     real = sh.disk_usage
     monkeypatch.setattr(sh, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
     with pytest.raises(ConfigError, match="GiB is free"):
-        install_bundle(bundle, tmp_path / "laptop", progress=False)
+        install_bundle(bundle, tmp_path / "laptop")
     assert not (tmp_path / "laptop").exists()

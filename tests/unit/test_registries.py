@@ -47,3 +47,13 @@ def test_family_choices_are_the_family_registry() -> None:
 
     assert _choices(train_cmd, "family") == set(FAMILIES)
     assert RaftsmithConfig().student.family in FAMILIES
+
+
+def test_backend_choices_are_the_config_literals() -> None:
+    from builder.cli.train_cmds import train_cmd
+    from rag.cli.ask_cmds import ask_cmd
+    from rag.cli.eval_cmds import eval_cmd
+    from rag.config import BACKEND_NAMES, TRAINER_NAMES, ChatConfig, StudentConfig
+
+    assert _literal(ChatConfig, "backend") == set(BACKEND_NAMES) == _choices(ask_cmd, "backend") == _choices(eval_cmd, "backend")
+    assert _literal(StudentConfig, "backend") == set(TRAINER_NAMES) == _choices(train_cmd, "backend")
