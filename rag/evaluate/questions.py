@@ -11,16 +11,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from rag.config import Workspace
 from rag.errors import ConfigError
-from rag.evaluate.metrics import normalize
-
-if TYPE_CHECKING:
-    from rag.answer import Answerer
 
 
 @dataclass
@@ -96,18 +92,6 @@ def default_questions(ws: Workspace) -> list[EvalItem]:
         raise ConfigError(f"No evaluation questions: no {split} and no holdout question file in domain_questions/. "
                           "Run 'raftsmith generate' (it writes the eval split) or pass --questions FILE.")
     return items
-
-
-def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
-    """For items without oracle ids: the best-ranked chunk that contains the reference answer."""
-    for it in items:
-        if it.oracle_chunk_ids or not it.answer:
-            continue
-        ref = normalize(it.answer)
-        for c in engine.retrieve(f"{it.question} {it.answer}", k=10):
-            if ref and ref in normalize(c.text):
-                it.oracle_chunk_ids = [c.chunk_id]
-                break
 
 
 def _question_files(p: Path) -> list[Path]:

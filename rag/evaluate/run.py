@@ -17,9 +17,22 @@ from rag.answer import Answerer
 from rag.config import Workspace
 from rag.errors import AuditError, ConfigError, RaftsmithError
 from rag.evaluate.metrics import contains_words, normalize, score_row, summarize
-from rag.evaluate.questions import EvalItem, attach_oracles, load_items
+from rag.evaluate.questions import EvalItem, load_items
 from rag.evaluate.report import EvalReport, write_outputs
 from rag.progress import Progress, emit
+
+
+def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
+    """For items without oracle ids: the best-ranked chunk that contains the reference answer."""
+    for it in items:
+        if it.oracle_chunk_ids or not it.answer:
+            continue
+        ref = normalize(it.answer)
+        for c in engine.retrieve(f"{it.question} {it.answer}", k=10):
+            if ref and ref in normalize(c.text):
+                it.oracle_chunk_ids = [c.chunk_id]
+                break
+
 
 # --- the run ---------------------------------------------------------------------------------
 

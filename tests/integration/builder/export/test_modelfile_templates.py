@@ -142,10 +142,10 @@ def go_render(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _offline_tokenizer_factory():
-    """The offline tokenizer builder of tests/unit/test_masking.py (tests/ is not a package)."""
+    """The offline tokenizer builder of tests/unit/builder/train/test_masking.py (tests/ is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "unit" / "test_masking.py"
+    path = Path(__file__).resolve().parents[4] / "tests" / "unit" / "builder" / "train" / "test_masking.py"
     spec = importlib.util.spec_from_file_location("raftsmith_test_masking", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -10,7 +10,7 @@ from builder.families import CHAT_FORMATS, FAMILIES, chat_format, get_family, vr
 from rag.config import RaftsmithConfig
 from rag.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_all_six_families_with_their_formats():

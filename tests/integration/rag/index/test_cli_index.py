@@ -14,7 +14,7 @@ from rag.config import init_workspace
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 CHUNK_KEYS = {"chunk_id", "source", "heading", "start_line", "end_line", "text", "score"}
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from rag.fsutil import sha256_file
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = REPO / "examples" / "kestrel" / "docs"
 
 TEST_CHAT = {"num_ctx": 2048, "max_tokens": 32, "top_k": 4}

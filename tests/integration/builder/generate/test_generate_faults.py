@@ -248,7 +248,7 @@ def test_sigkill_at_random_points_then_resume(sample_workspace: Path) -> None:
     n = 16
     with ScriptedTeacher(delay_s=0.15) as srv:
         cfg = _ws(sample_workspace, srv.base_url)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
         rng = random.Random(11)
         kills = 0
         for _ in range(2):

@@ -24,7 +24,7 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "peer" / "ollama-templates" / "testdata"
+SHARED = Path(__file__).resolve().parents[4].parent / "shared" / "peer" / "ollama-templates" / "testdata"
 
 
 @lru_cache(maxsize=1)
