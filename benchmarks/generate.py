@@ -149,7 +149,7 @@ def main() -> int:
         shutil.rmtree(ws.root / "docs")
         shutil.copytree(REPO / "examples" / "kestrel" / "docs", ws.root / "docs")
         shutil.copy(REPO / "domain_questions" / "kestrel.yaml", ws.root / "domain_questions" / "kestrel.yaml")
-        ingest(ws, progress=False)
+        ingest(ws)
         ws = load_workspace(ws.config_path)
         tc = ws.config.teacher
         tc.provider, tc.base_url, tc.model = "openai-compatible", srv.url, "bench"
@@ -167,7 +167,7 @@ def main() -> int:
         for conc in (1, 16):
             clean(cache=True)
             before = srv.calls
-            s = run_generate(ws, progress=False, concurrency=conc, retriever=retriever, synthesize=1)
+            s = run_generate(ws, concurrency=conc, retriever=retriever, synthesize=1)
             results[f"concurrency_{conc}"] = {
                 "rows": s.new_rows, "calls": srv.calls - before, "answer_s": s.answer_s, "dropped": s.dropped,
                 "rows_per_s": round(s.new_rows / s.answer_s, 3) if s.answer_s else None, "elapsed_s": s.elapsed_s,
@@ -176,12 +176,12 @@ def main() -> int:
                   f"({results[f'concurrency_{conc}']['rows_per_s']} rows/s, {srv.calls - before} calls)")
         # rerun 1: the same command again (all rows on disk: resume skips them)
         before = srv.calls
-        s = run_generate(ws, progress=False, concurrency=16, retriever=retriever, synthesize=1)
+        s = run_generate(ws, concurrency=16, retriever=retriever, synthesize=1)
         results["rerun_resume"] = {"calls": srv.calls - before, "new_rows": s.new_rows, "resumed_rows": s.resumed_rows}
         # rerun 2: outputs deleted, cache kept: every reply comes from SQLite
         clean(cache=False)
         before = srv.calls
-        s = run_generate(ws, progress=False, concurrency=16, retriever=retriever, synthesize=1)
+        s = run_generate(ws, concurrency=16, retriever=retriever, synthesize=1)
         results["rerun_from_cache"] = {"calls": srv.calls - before, "new_rows": s.new_rows, "cache_hits": s.cache_hits,
                                        "answer_s": s.answer_s}
         retriever.close()

@@ -88,7 +88,7 @@ def recall_bench(data: Path, work: Path) -> dict[str, Any]:
         (ws.root / "docs" / name).write_text(render(rec), encoding="utf-8")
         doc_of_call[rec["api_call"]] = f"docs/{name}"
     t0 = time.perf_counter()
-    report = ingest(ws, progress=False)
+    report = ingest(ws)
     ingest_s = time.perf_counter() - t0
     questions = [question_of(e["code"]) for e in evals]
     gold = [doc_of_call[e["api_call"]] for e in evals]

@@ -39,7 +39,7 @@ def _workspace(arg: str | None, tmp: Path) -> Path:
     ws = init_workspace(tmp / "ws", corpus_name="kestrel")
     shutil.rmtree(ws.root / "docs")
     shutil.copytree(REPO / "examples" / "kestrel" / "docs", ws.root / "docs")
-    ingest(load_workspace(ws.config_path), progress=False)
+    ingest(load_workspace(ws.config_path))
     return ws.root
 
 

@@ -78,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
         except ImportError:
             torch = None  # type: ignore[assignment]
         t0 = time.time()
-        res = run_train(ws, epochs=args.epochs, backend=args.backend, train_file=train, progress=False)
+        res = run_train(ws, epochs=args.epochs, backend=args.backend, train_file=train)
         wall = time.time() - t0
         if torch is not None and torch.cuda.is_available():
             peak_vram = round(torch.cuda.max_memory_allocated() / 2**20, 1)

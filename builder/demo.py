@@ -23,6 +23,7 @@ from typing import Any
 
 from rag.config import Workspace, dump_config, init_workspace, load_workspace
 from rag.errors import ConfigError, RaftsmithError
+from rag.progress import Progress
 
 SAMPLE_NAME = "kestrel"
 
@@ -114,9 +115,10 @@ def _choose_mode(ws: Workspace) -> dict[str, Any]:
 def run_demo(
     out_dir: str | Path = "demo-out",
     epochs: float = 3.0,
-    progress: bool = True,
+    progress: Progress | None = None,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
+    """Every step of the journey, in order; ``progress`` gets each step's events, ``say`` the step names."""
     from builder.export.run import run_export
     from builder.generate.engine import run_generate
     from builder.train.run import run_train
@@ -145,7 +147,7 @@ def run_demo(
 
     home = step("home workspace", lambda: _home_workspace(out / "home", epochs))
     rep = step("ingest sample corpus", lambda: ingest(home, progress=progress))
-    result.ingest = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep.__dict__)
+    result.ingest = rep.to_dict()
     gen = step("generate RAFT data (reference answers, offline)", lambda: run_generate(home, teacher="none", progress=progress))
     result.generate = gen.to_dict()
     retrieval = step("choose the retrieval mode on the curated questions", lambda: _choose_mode(home))
@@ -155,10 +157,10 @@ def run_demo(
     tr = step("LoRA-train SmolLM2-135M on the CPU", lambda: run_train(home, progress=progress))
     result.train = tr.to_dict()
     ex = step("export GGUFs + Modelfiles", lambda: run_export(home, progress=progress))
-    result.export = ex.to_dict() if hasattr(ex, "to_dict") else {}
+    result.export = ex.to_dict()
     bundle_path = out / f"{SAMPLE_NAME}-bundle.tar"
     b = step("bundle for the air gap", lambda: create_bundle(home, bundle_path, progress=progress))
-    result.bundle = b.to_dict() if hasattr(b, "to_dict") else {}
+    result.bundle = b.to_dict()
     laptop_dir = out / "laptop"
     step("install bundle on the 'laptop'", lambda: install_bundle(bundle_path, laptop_dir, progress=progress))
     laptop = load_workspace(laptop_dir)
@@ -167,12 +169,12 @@ def run_demo(
     ev = step(
         "A/B evaluation: base vs tuned, with and without RAG",
         lambda: run_eval(laptop, models=["base", "tuned"], rag_modes=[True, False], questions=[heldout],
-                         out_dir=report_dir, progress=say if progress else None),
+                         out_dir=report_dir, progress=progress),
     )
     result.eval = {"summary": ev.summary, "out_dir": str(ev.out_dir)}
     ver = step("verify the audit log", lambda: audit_verify(laptop.audit_path))
-    result.audit_ok = bool(getattr(ver, "ok", False))
-    result.audit_records = int(getattr(ver, "records", 0))
+    result.audit_ok = ver.ok
+    result.audit_records = ver.records
     result.seconds = round(time.monotonic() - t_all, 1)
     for name in ("results.json", "report.html", "report.md", "chart.png"):
         if (report_dir / name).exists():

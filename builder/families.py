@@ -39,7 +39,7 @@ class Family:
     params_b: float
     ollama_base: str  # name of the base model in Ollama, for Modelfile.adapter FROM
     packaged_gguf: bool = False  # base built offline from rag.packaged.smollm2_gguf()
-    epochs: float | None = None  # family default when config leaves student.epochs at 3.0
+    epochs: float = 3.0  # used when student.epochs is unset (None)
     notes: str = ""
 
 
@@ -64,7 +64,7 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        # Measured on CPU (tests/integration/test_train_export.py): 40 rows of invented facts,
+        # Measured on CPU (tests/integration/builder/export/test_train_export.py): 40 rows of invented facts,
         # r16/alpha32, lr 3e-3, 3 epochs, batch 4 -> 10/10 held-out paraphrases right, eval
         # loss 0.05, ~2.2k tokens per epoch.
         Family("smollm2", "chatml", "HuggingFaceTB/SmolLM2-135M-Instruct", None, LLAMA_TARGETS,

@@ -23,7 +23,7 @@ from rag.audit import AuditLog
 from rag.config import Workspace
 from rag.errors import BackendError, ConfigError, RaftsmithError
 from rag.llm.base import ChatBackend, Message
-from rag.models import ModelRef, resolve_model
+from rag.llm.resolve import ModelRef, resolve_model
 from rag.prompting import ANSWER_MARK, build_messages, cited_numbers, extract_answer, extract_quotes
 from rag.types import Chunk
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import AuditError
+from rag.fsutil import atomic_write
 
 GENESIS = "0" * 64
 REQUIRED = ("seq", "ts", "user", "host", "session", "event", "outcome", "prev", "hash")
@@ -216,12 +217,7 @@ class AuditLog:
         head: dict[str, Any] = {"seq": seq, "hash": digest}
         if self.hmac_key:
             head["mac"] = hmac.new(self.hmac_key, canonical({"seq": seq, "hash": digest}), hashlib.sha256).hexdigest()
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(canonical(head) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.head_path)
+        atomic_write(self.head_path, canonical(head) + b"\n")
 
 
 def _safe_user() -> str:

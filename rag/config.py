@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rag.errors import ConfigError
+from rag.fsutil import atomic_write
+from rag.providers import StructuredChoice, TeacherChoice
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class IndexConfig(Section):
 
 
 class TeacherConfig(Section):
-    provider: Literal["openrouter", "openai", "openai-compatible", "ollama", "none"] = Field(
+    provider: TeacherChoice = Field(
         "none", description="Who writes the answers; 'none' uses the reference answers in the question files."
     )
     model: str = Field("anthropic/claude-sonnet-4.5", description="Teacher model name at the provider.")
@@ -74,7 +76,7 @@ class TeacherConfig(Section):
     price_in_per_mtok: float = Field(3.0, ge=0, description="USD per million prompt tokens, for cost estimates.")
     price_out_per_mtok: float = Field(15.0, ge=0, description="USD per million completion tokens.")
     max_tokens: int = Field(600, ge=16, le=32768, description="Most tokens the teacher may write per answer.")
-    structured: Literal["auto", "json_schema", "json_object", "ollama", "off"] = Field(
+    structured: StructuredChoice = Field(
         "auto", description="Structured-output style; auto = the provider's (llama.cpp servers: json_object)."
     )
 
@@ -116,8 +118,8 @@ class RaftConfig(Section):
 
 
 class LoraConfig(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    r: int | None = Field(None, ge=1, description="LoRA rank (default: the family's).")
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: the family's).")
     dropout: float = Field(0.0, ge=0, lt=1)
     rslora: bool = False
     target_modules: list[str] | None = Field(None, description="Default: the family's registry entry.")
@@ -130,12 +132,12 @@ class LoraConfig(Section):
 
 
 class StudentConfig(Section):
-    family: str = Field("smollm2", description="Model family from the registry (smollm2, qwen, phi-4-mini, mistral, llama3, gpt-oss).")
+    family: str = Field("smollm2", description="Model family from the registry in builder/families.py (the README lists them).")
     base: str | None = Field(None, description="Base model path or HF id (default: the family's).")
-    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    backend: TrainerName = "auto"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     lr: float | None = Field(None, gt=0, description="Learning rate (default: the family's).")
-    epochs: float = Field(3.0, gt=0)
+    epochs: float | None = Field(None, gt=0, description="Training epochs (default: the family's).")
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_seq_len: int = Field(1024, ge=64)
@@ -165,8 +167,16 @@ class OllamaConfig(Section):
     tuned_model_name: str | None = Field(None, description="Name raftsmith registers the tuned model as.")
 
 
+BackendName = Literal["llama-cpp", "ollama", "openai"]
+#: the chat backends (rag.llm.factory builds each); --backend offers these
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
+TrainerName = Literal["auto", "unsloth", "hf"]
+#: student.backend / train --backend
+TRAINER_NAMES: tuple[str, ...] = get_args(TrainerName)
+
+
 class ChatConfig(Section):
-    backend: Literal["llama-cpp", "ollama", "openai"] = "llama-cpp"
+    backend: BackendName = "llama-cpp"
     model: str = Field("tuned", description="'base', 'tuned' or a model name/path.")
     top_k: int = Field(5, ge=1, le=100)
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
@@ -325,7 +335,5 @@ def init_workspace(directory: str | os.PathLike[str], corpus_name: str = "corpus
         raise ConfigError(f"{cfg_path} already exists; pass --force to overwrite it.")
     for sub in ("docs", "domain_questions", "training_data", "gguf", "modelfiles", STATE_DIR):
         (root / sub).mkdir(exist_ok=True)
-    tmp = cfg_path.with_suffix(".yaml.tmp")
-    tmp.write_text(default_config_text(corpus_name), encoding="utf-8")
-    os.replace(tmp, cfg_path)
+    atomic_write(cfg_path, default_config_text(corpus_name))
     return load_workspace(cfg_path)

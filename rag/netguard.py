@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 _LOCK = threading.RLock()
 _DEPTH = 0
@@ -49,6 +50,14 @@ def is_loopback_host(host: Any) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """True for a URL whose host is this machine; False for no URL or no host."""
+    if not url:
+        return False
+    host = urlparse(url).hostname
+    return bool(host) and is_loopback_host(host)
 
 
 def _is_numeric(host: Any) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from rag.errors import KeyringUnavailable
+from rag.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,11 @@ SERVICE = "raftsmith"
 KEYRING_TIMEOUT_S = float(os.environ.get("RAFTSMITH_KEYRING_TIMEOUT", "5"))
 
 # provider -> env var holding its key (None: no key needed or no standard variable)
-ENV_VARS: dict[str, str | None] = {
-    "openrouter": "OPENROUTER_API_KEY",
-    "openai": "OPENAI_API_KEY",
-    "openai-compatible": "OPENAI_API_KEY",
-    "ollama": None,
-}
-KNOWN_NAMES = ("openrouter", "openai", "openai-compatible", "ollama")
+ENV_VARS: dict[str, str | None] = {name: p.env_var for name, p in PROVIDERS.items()}
+KNOWN_NAMES: tuple[str, ...] = tuple(PROVIDERS)
 
 # The shapes of credentials, one table for the teacher-payload redaction
-# (builder.generate.privacy) and the bundle scan (rag.bundle_checks). Labels are what a
+# (builder.generate.privacy) and the bundle scan (rag.bundle.scan). Labels are what a
 # finding reports; a matched value is never shown.
 # The body of a dash-style key: one run of 16+ letters, digits or underscores holding a digit
 # or a capital, after optional dash-separated prefixes (sk-proj-, sk-ant-api03-, sk-or-v1-):

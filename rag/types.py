@@ -1,4 +1,4 @@
-"""Plain data shared across the laptop and home sides (the contracts in ARCHITECTURE.md)."""
+"""Plain data shared across the laptop and home sides (the formats in docs/architecture.md)."""
 
 from __future__ import annotations
 

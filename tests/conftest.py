@@ -1,6 +1,6 @@
 """Test isolation and shared paths.
 
-Every test runs with HOME, XDG dirs and the keyring pointed at a temp dir (no test can touch
+Every test runs with HOME and XDG dirs in a temp dir and the null keyring backend (no test can touch
 the developer's real keyring or config), offline hub settings, and fixtures for the packaged
 models and the sample corpus.
 """
@@ -36,7 +36,8 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
-    # Keyring: a plaintext file backend inside the temp home, never the OS keyring.
+    # Keyring: the null backend (stores nothing), never the OS keyring; tests that need a
+    # working keyring install tests/keyring_double.py themselves.
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

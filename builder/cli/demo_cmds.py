@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rag.cli.common import handle_errors, print_json
+from rag.cli.progress import progress_bar
 
 
 @click.command("demo")
@@ -24,7 +25,8 @@ def demo_cmd(out_dir: str, epochs: float, as_json: bool, quiet: bool) -> None:
     from builder.demo import print_summary, run_demo
 
     say = (lambda s: None) if as_json else click.echo
-    result = run_demo(out_dir=out_dir, epochs=epochs, progress=not (quiet or as_json), say=say)
+    with progress_bar(not (quiet or as_json)) as progress:
+        result = run_demo(out_dir=out_dir, epochs=epochs, progress=progress, say=say)
     if as_json:
         print_json(result.to_dict())
     else:

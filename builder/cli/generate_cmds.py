@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from rag.cli.common import config_option, handle_errors, print_json
+from rag.cli.progress import progress_bar
 from rag.config import load_workspace
-
-PROVIDERS = ["none", "openrouter", "openai", "openai-compatible", "ollama"]
+from rag.providers import TEACHER_CHOICES
 
 
 @click.command("generate")
@@ -15,7 +15,7 @@ PROVIDERS = ["none", "openrouter", "openai", "openai-compatible", "ollama"]
               help="Question YAML file or folder (repeatable; default: raft.questions).")
 @click.option("--synthesize", type=click.IntRange(min=0), default=None,
               help="Questions to synthesize per chunk with the teacher (default: raft.synthesize_per_chunk).")
-@click.option("--teacher", type=click.Choice(PROVIDERS), default=None,
+@click.option("--teacher", type=click.Choice(TEACHER_CHOICES), default=None,
               help="Teacher provider; 'none' uses the reference answers in the question files (no network).")
 @click.option("--model", default=None, help="Teacher model (default: teacher.model).")
 @click.option("--base-url", default=None, help="Teacher base URL, e.g. http://127.0.0.1:8080/v1.")
@@ -36,11 +36,12 @@ def generate_cmd(
     from builder.generate.engine import run_generate
 
     ws = load_workspace(config_path)
-    summary = run_generate(
-        ws, questions=list(questions) or None, synthesize=synthesize, teacher=teacher, dry_run=dry_run,
-        local_only=local_only, limit=limit, progress=not (as_json or quiet), model=model, base_url=base_url,
-        concurrency=concurrency,
-    )
+    with progress_bar(not (as_json or quiet)) as progress:
+        summary = run_generate(
+            ws, questions=list(questions) or None, synthesize=synthesize, teacher=teacher, dry_run=dry_run,
+            local_only=local_only, limit=limit, progress=progress, model=model, base_url=base_url,
+            concurrency=concurrency,
+        )
     if as_json:
         print_json(summary.to_dict())
         return

@@ -1,4 +1,4 @@
-"""``raftsmith train`` and ``raftsmith export``: thin shims over run_train / run_export."""
+"""``raftsmith train``: a thin shim over :func:`builder.train.run.run_train`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from typing import Any
 
 import click
 
+from builder.families import FAMILIES
 from rag.cli.common import config_option, handle_errors, print_json
-from rag.config import load_workspace
-
-FAMILIES = ["smollm2", "qwen", "phi-4-mini", "mistral", "llama3", "gpt-oss"]
+from rag.cli.progress import progress_bar
+from rag.config import TRAINER_NAMES, load_workspace
 
 
 @click.command("train")
-@click.option("--family", type=click.Choice(FAMILIES), default=None, help="Model family (default: student.family).")
+@click.option("--family", type=click.Choice(list(FAMILIES)), default=None, help="Model family (default: student.family).")
 @click.option("--base", default=None, help="Base model folder or HF id (default: the family's).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None, help="Epochs (default: config/family).")
-@click.option("--backend", type=click.Choice(["auto", "hf", "unsloth"]), default=None,
+@click.option("--backend", type=click.Choice(TRAINER_NAMES), default=None,
               help="Trainer: unsloth (CUDA), hf (transformers+PEFT; CPU or CUDA), auto (default: student.backend).")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished run from its last checkpoint.")
 @click.option("--train-file", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -34,12 +34,13 @@ def train_cmd(family: str | None, base: str | None, epochs: float | None, backen
     from builder.train.run import run_train
 
     ws = load_workspace(config_path)
-    res = run_train(ws, family=family, base=base, epochs=epochs, backend=backend, resume=resume,
-                    train_file=train_file, eval_file=eval_file, progress=not (as_json or quiet))
+    with progress_bar(not (as_json or quiet)) as progress:
+        res = run_train(ws, family=family, base=base, epochs=epochs, backend=backend, resume=resume,
+                        train_file=train_file, eval_file=eval_file, progress=progress)
     if as_json:
         print_json(res.to_dict())
         return
-    _table("train", [
+    summary_table("train", [
         ("run", str(res.run_dir)), ("family / backend", f"{res.family} / {res.backend}"),
         ("base model", res.base_model), ("rows (train / eval)", f"{res.train_rows} / {res.eval_rows}"),
         ("final train loss", _fmt(res.final_loss)), ("eval loss", _fmt(res.eval_loss)),
@@ -50,39 +51,11 @@ def train_cmd(family: str | None, base: str | None, epochs: float | None, backen
     click.echo("Next: raftsmith export")
 
 
-@click.command("export")
-@click.option("--quant", "quants", multiple=True, help="Quantization (repeatable): q4_k_m, q5_k_m, q8_0, f16 (default: export.quantizations).")
-@click.option("--adapter/--no-adapter", default=None, help="Also write the LoRA adapter GGUF (default: export.adapter).")
-@click.option("--name", default=None, help="Export folder name under gguf/ (default: <corpus>-<family>).")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Training run folder (default: the newest finished run).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress output.")
-@config_option
-@handle_errors
-def export_cmd(quants: tuple[str, ...], adapter: bool | None, name: str | None, run_dir: str | None,
-               as_json: bool, quiet: bool, config_path: str | None) -> None:
-    """Merge, convert to GGUF with llama.cpp, quantize, write Modelfiles, verify, manifest."""
-    from builder.export.run import run_export
-
-    ws = load_workspace(config_path)
-    res = run_export(ws, run_dir=run_dir, quantizations=list(quants) or None, adapter=adapter, name=name,
-                     progress=not (as_json or quiet))
-    if as_json:
-        print_json(res.to_dict())
-        return
-    rows = [(f["path"], f"{f['role']}  {f['quantization'] or ''}  {f['size'] / 1e6:.1f} MB") for f in res.files]
-    rows += [(f"verify {v.path}{' + ' + v.adapter if v.adapter else ''}", f"{'ok' if v.ok else 'FAIL'}: {v.text[:60]!r}")
-             for v in res.verification]
-    _table(f"export: {res.export_dir}", rows)
-    click.echo(f"Next: raftsmith register   (or: ollama create NAME -f {res.export_dir / 'Modelfile'})")
-
-
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def _table(title: str, rows: list[tuple[str, Any]]) -> None:
+def summary_table(title: str, rows: list[tuple[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from builder.train.base_model import cache_dir, file_lock
 from rag.errors import ExportError
+from rag.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +201,12 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or max(1, os.cpu_count() or 1)
-    tmp = dst.with_name(dst.name + ".tmp")
     from builder.export.verify import quiet_stderr
 
-    with quiet_stderr():  # llama.cpp prints one line per tensor to fd 2
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-    if rc != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"Quantizing {src.name} to {quant} failed (llama_model_quantize returned {rc}); "
-                          "rerun with RAFTSMITH_DEBUG=1 to see llama.cpp's log.")
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        with quiet_stderr():  # llama.cpp prints one line per tensor to fd 2
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
+            raise ExportError(f"Quantizing {src.name} to {quant} failed (llama_model_quantize returned {rc}); "
+                              "rerun with RAFTSMITH_DEBUG=1 to see llama.cpp's log.")
     return dst

@@ -79,7 +79,7 @@ def _llama3(role: str, content: str) -> str:
 
 
 # What each modelfiles/<format>.tmpl renders for a conversation ending on a user turn, in
-# Python (proven equal to Go's rendering in tests/integration/test_modelfile_templates.py).
+# Python (proven equal to Go's rendering in tests/integration/builder/export/test_modelfile_templates.py).
 _TURN = {"chatml": (_chatml, "<|im_start|>assistant\n"), "phi-3": (_phi3, "<|assistant|>\n"),
          "llama3-instruct": (_llama3, "<|start_header_id|>assistant<|end_header_id|>\n\n")}
 

@@ -24,13 +24,14 @@ from builder.export import llamacpp
 from builder.export.modelfile import MIN_NUM_CTX, render_modelfile, template_agreement
 from builder.export.verify import Verification, verify_gguf
 from builder.families import chat_format, get_family
-from builder.train.base_model import BaseModel, cache_dir, file_lock, resolve_base, sha256_file
+from builder.train.base_model import BaseModel, cache_dir, file_lock, resolve_base
 from builder.train.run import RUN_FILE, latest_run, library_versions, utc_now, write_json_atomic
 from rag.config import Workspace
 from rag.errors import ExportError
+from rag.exports import EXPORT_FORMAT
+from rag.fsutil import atomic_path, sha256_file
+from rag.progress import Progress, emit
 from rag.prompting import SYSTEM_PROMPT
-
-MANIFEST_FORMAT = "raftsmith-export/1"
 
 
 @dataclass
@@ -53,11 +54,9 @@ class ExportResult:
                 "seconds": self.seconds, "ok": self.ok, "warnings": self.warnings}
 
 
-def _step(progress: bool, msg: str) -> None:
-    if progress:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold cyan]export[/] {msg}")
+def _step(progress: Progress | None, msg: str) -> None:
+    """Export's stages have no count: ``(0, 0, label)`` events."""
+    emit(progress, 0, 0, f"export {msg}")
 
 
 def run_export(
@@ -66,7 +65,7 @@ def run_export(
     quantizations: list[str] | None = None,
     adapter: bool | None = None,
     name: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> ExportResult:
     t0 = time.time()
     run = Path(run_dir) if run_dir else latest_run(ws, done=True)
@@ -90,7 +89,7 @@ def run_export(
 
     from builder.train.backends import quiet_libraries
 
-    quiet_libraries(progress)
+    quiet_libraries(progress is not None)
     lc = llamacpp.provision()
     base = resolve_base(fam, meta["base_model"].get("request"))
     if base.sha256 != meta["base_model"]["sha256"]:
@@ -137,7 +136,7 @@ def run_export(
 
 def _build(ws: Workspace, run: Path, meta: dict[str, Any], base: BaseModel, lc: llamacpp.LlamaCpp,
            quants: list[str], want_adapter: bool, work: Path, fmt: Any, fam: Any,
-           progress: bool) -> tuple[list[tuple[str, str, str | None]], list[Verification]]:
+           progress: Progress | None) -> tuple[list[tuple[str, str, str | None]], list[Verification]]:
     files: list[tuple[str, str, str | None]] = []  # (name, role, quantization)
     # The adapter's conversion needs only the adapter and the base model: it runs in its own
     # process while the merge and the merged model's conversion go on here.
@@ -174,7 +173,7 @@ def _build(ws: Workspace, run: Path, meta: dict[str, Any], base: BaseModel, lc: 
 
 
 def _convert_merged(run: Path, base: BaseModel, lc: llamacpp.LlamaCpp, quants: list[str], work: Path,
-                    files: list[tuple[str, str, str | None]], progress: bool) -> None:
+                    files: list[tuple[str, str, str | None]], progress: Progress | None) -> None:
     """Merge the adapter, convert and quantize the merged model; link in the cached base GGUFs."""
     tmp = work / "tmp"
     _step(progress, f"merging {run.name}/adapter into {base.id}")
@@ -230,8 +229,8 @@ def base_gguf(lc: llamacpp.LlamaCpp, base: BaseModel, quant: str) -> Path:
             return target
         f16 = d / f"{key}-f16.gguf"
         if not f16.is_file():
-            llamacpp.convert_hf(lc, Path(base.path), d / f"{key}-f16.tmp.gguf", "f16")
-            os.replace(d / f"{key}-f16.tmp.gguf", f16)
+            with atomic_path(f16) as tmp:
+                llamacpp.convert_hf(lc, Path(base.path), tmp, "f16")
         if quant != "f16":
             llamacpp.quantize(f16, target, quant)
     return target
@@ -249,7 +248,7 @@ def _manifest(ws: Workspace, name: str, meta: dict[str, Any], base: BaseModel, l
     versions["llama.cpp"] = info["commit"] or (
         f"vendor/llama.cpp of llama-cpp-python {lc.llama_cpp_python} (converter sha256 {lc.converter_sha256[:12]})")
     return {
-        "format": MANIFEST_FORMAT,
+        "format": EXPORT_FORMAT,
         "name": name,
         "family": fam.name,
         "chat_format": fmt.name,

@@ -4,6 +4,9 @@
 time with fsync under stable ids, so a killed run loses at most the rows in flight and a
 rerun skips what is done; the teacher's replies sit in a SQLite cache, so a rerun of a
 finished run makes zero calls.
+
+Longer than ~400 lines because the runner's budget, stop and resume state is shared by
+synthesis, answering and the summary; the pure parts already live in plan, raft and answers.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from builder.generate.questions import (
 from builder.generate.raft import RaftItem, build_row, closed_book_reply, reference_completion
 from rag.config import Workspace
 from rag.errors import ConfigError, IndexStoreError, TeacherError
+from rag.fsutil import atomic_write
+from rag.progress import Progress, emit
 from rag.prompting import PROMPT_VERSION, REFUSAL_ANSWER, REFUSAL_REPLY
 
 log = logging.getLogger(__name__)
@@ -182,7 +187,7 @@ def run_generate(
     dry_run: bool = False,
     local_only: bool | None = None,
     limit: int | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
     *,
     model: str | None = None,
     base_url: str | None = None,
@@ -242,16 +247,17 @@ def run_generate(
 
 
 class _Runner:
-    def __init__(self, ws: Workspace, summary: GenerateSummary, teacher: Any, concurrency: int, progress: bool):
+    def __init__(self, ws: Workspace, summary: GenerateSummary, teacher: Any, concurrency: int,
+                 progress: Progress | None):
         self.ws = ws
         self.cfg = ws.config
         self.s = summary
         self.teacher = teacher
         self.sem = asyncio.Semaphore(max(1, concurrency))
-        self.show_progress = progress
+        self.progress = progress
+        self._progress_done = self._progress_total = 0
+        self._progress_label = ""
         self.stop = False
-        self._bar: Any = None
-        self._task: Any = None
         self.quality_retries = QUALITY_RETRIES
         self._synth_estimate = 0
 
@@ -326,15 +332,10 @@ class _Runner:
         if not self.s.dry_run:
             self.ws.state_dir.mkdir(parents=True, exist_ok=True)
             out = self.ws.state_dir / "generate_summary.json"
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.s.to_dict(), indent=2, default=str), encoding="utf-8")
-            os.replace(tmp, out)
+            atomic_write(out, json.dumps(self.s.to_dict(), indent=2, default=str))
             if self.s.split:  # the training data's manifest: what eval holds out, beside the rows
-                man = self.ws.training_dir / f"{self.cfg.corpus.name}.split.json"
-                man.parent.mkdir(parents=True, exist_ok=True)
-                tmp = man.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(self.s.split, indent=2), encoding="utf-8")
-                os.replace(tmp, man)
+                self.ws.training_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.ws.training_dir / f"{self.cfg.corpus.name}.split.json", json.dumps(self.s.split, indent=2))
         return self.s
 
     def _estimate(self, items: list[RaftItem]) -> None:
@@ -365,38 +366,23 @@ class _Runner:
 
     # -- progress
     def _progress_start(self, total: int, label: str) -> None:
-        if not self.show_progress or total == 0:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"), transient=False,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(label, total=total, stats="")
+        self._progress_done, self._progress_total, self._progress_label = 0, total, label
+        if total:
+            emit(self.progress, 0, total, label)
 
     def _progress_advance(self) -> None:
-        if self._bar is None:
+        if self.progress is None or not self._progress_total:
             return
-        stats = ""
+        self._progress_done += 1
+        label = self._progress_label
         if self.teacher is not None:
             st = self.teacher.stats
-            stats = f"tok {st.prompt_tokens + st.completion_tokens:,}  ${st.cost_usd:.4f}  calls {st.calls} cached {st.cache_hits}"
-        self._bar.update(self._task, advance=1, stats=stats)
+            label += (f"  tok {st.prompt_tokens + st.completion_tokens:,}  ${st.cost_usd:.4f}"
+                      f"  calls {st.calls} cached {st.cache_hits}")
+        emit(self.progress, self._progress_done, self._progress_total, label)
 
     def _progress_stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        self._progress_total = 0
 
     # -- synthesis
     async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:

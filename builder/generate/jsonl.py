@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rag.fsutil import atomic_write
+
 
 def repair_jsonl(path: Path) -> int:
     """Drop a torn (unterminated or unparsable) tail so appends start on a clean line.
@@ -76,12 +78,7 @@ def remove_rows(path: Path, ids: set[str]) -> int:
             else:
                 kept.append(line)
     if removed:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, b"".join(kept))
     return removed
 
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from rag.errors import ConfigError
+from rag.netguard import is_loopback_url
 from rag.secrets import ANY_KEY
 
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
@@ -110,18 +110,6 @@ class Redactor:
 
 
 # ---------------------------------------------------------------- loopback guard
-
-
-def is_loopback_url(url: str | None) -> bool:
-    if not url:
-        return False
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def require_local(url: str | None, provider: str) -> None:

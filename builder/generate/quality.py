@@ -205,7 +205,7 @@ def decontamination_report(
     embed: Callable[[list[str]], Any] | None,
     threshold: float,
 ) -> DecontaminationReport:
-    """Overlap between train and eval rows (ARCHITECTURE format, meta.split set)."""
+    """Overlap between train and eval rows (the training-row format of docs/architecture.md, meta.split set)."""
     train = [r["meta"] for r in rows if r["meta"]["split"] == "train"]
     ev = [r["meta"] for r in rows if r["meta"]["split"] == "eval"]
     rep = DecontaminationReport(train=len(train), eval=len(ev), threshold=threshold)

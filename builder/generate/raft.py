@@ -208,7 +208,7 @@ def closed_book_reply(answer: str) -> str:
 
 
 def build_row(item: RaftItem, assistant: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The ARCHITECTURE training row; the prompt comes from rag.prompting, like answering."""
+    """The training row (docs/architecture.md); the prompt comes from rag.prompting, like answering."""
     messages = build_messages(item.question, item.context.documents)
     messages.append({"role": "assistant", "content": assistant})
     return {"messages": messages, "meta": meta}

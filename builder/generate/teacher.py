@@ -1,7 +1,7 @@
 """The teacher: an OpenAI-compatible chat client with structured output, retries and a cache.
 
-Providers and their structured-output styles are data (``PROVIDERS``, ``STRUCTURED``), not
-branches: OpenRouter and OpenAI take ``json_schema``; llama.cpp's servers reject it and take
+Providers (``rag.providers.PROVIDERS``) and their structured-output styles (``STRUCTURED``)
+are data, not branches: OpenRouter and OpenAI take ``json_schema``; llama.cpp's servers reject it and take
 ``{"type": "json_object", "schema": ...}``; Ollama takes its ``format`` (sent alongside its
 OpenAI-style ``json_schema``). Replies are validated against the schema, with a tolerant
 extraction from code fences as a fallback. Every reply is cached in SQLite under (provider,
@@ -25,8 +25,9 @@ from typing import Any
 
 from builder.generate.privacy import PayloadLog, Redactor, is_loopback_url, require_local
 from builder.generate.retry import decide, fatal_message
-from rag.config import Workspace
+from rag.config import TeacherConfig, Workspace
 from rag.errors import ConfigError, TeacherError
+from rag.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,6 @@ STRUCTURED: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any] | None, di
     "json_object": _json_object,
     "ollama": _ollama,
     "off": _off,
-}
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    base_url: str | None  # None: must be configured
-    env_var: str | None
-    structured: str
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-PROVIDERS: dict[str, ProviderSpec] = {
-    "openrouter": ProviderSpec("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "json_schema", (("X-Title", "raftsmith"),)),
-    "openai": ProviderSpec("https://api.openai.com/v1", "OPENAI_API_KEY", "json_schema"),
-    "openai-compatible": ProviderSpec(None, "OPENAI_API_KEY", "json_object"),
-    "ollama": ProviderSpec(None, None, "ollama"),
 }
 
 
@@ -212,36 +197,38 @@ def teacher_error(msg: str, *, fatal: bool, reason: str) -> TeacherError:
 
 
 class OpenAITeacher:
-    """A teacher behind any OpenAI-compatible endpoint (openai SDK, our own retry policy)."""
+    """A teacher behind any OpenAI-compatible endpoint (openai SDK, our own retry policy).
+
+    ``config`` is the teacher section (provider, model, temperature, timeout, retries, prices,
+    structured style); the rest is what only the caller knows: where the server is, the key,
+    and the cache, redaction and payload log to use.
+    """
 
     def __init__(
         self,
-        provider: str,
-        model: str,
+        config: TeacherConfig,
+        *,
         base_url: str,
         api_key: str,
-        *,
-        structured: str,
-        temperature: float = 0.2,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
-        price_in: float = 0.0,
-        price_out: float = 0.0,
         cache: TeacherCache | None = None,
         redactor: Redactor | None = None,
         payload_log: PayloadLog | None = None,
-        headers: dict[str, str] | None = None,
         backoff_base: float = 0.5,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ):
         import openai
 
+        spec = PROVIDERS.get(config.provider)
+        if spec is None:
+            raise ConfigError(f"Unknown teacher provider '{config.provider}'; use one of {', '.join(PROVIDERS)}.")
+        structured = spec.structured if config.structured == "auto" else config.structured
         if structured not in STRUCTURED:
             raise ConfigError(f"teacher.structured '{structured}' is unknown; use one of {', '.join(STRUCTURED)} or auto.")
-        self.provider, self.model, self.base_url = provider, model, base_url
+        self.config = config
+        self.provider, self.model, self.base_url = config.provider, config.model, base_url
         self.structured = structured
-        self.temperature, self.max_retries = temperature, max_retries
-        self.price_in, self.price_out = price_in, price_out
+        self.temperature, self.max_retries = config.temperature, config.max_retries
+        self.price_in, self.price_out = config.price_in_per_mtok, config.price_out_per_mtok
         self.cache = cache or TeacherCache(None)
         self.redactor = redactor
         self.payload_log = payload_log or PayloadLog(None)
@@ -250,7 +237,8 @@ class OpenAITeacher:
         self.stats = TeacherStats()
         self.json_retries = JSON_RETRIES
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, default_headers=headers or None
+            base_url=base_url, api_key=api_key, timeout=config.timeout_s, max_retries=0,
+            default_headers=dict(spec.headers) or None,
         )
 
     async def aclose(self) -> None:
@@ -402,12 +390,9 @@ def make_teacher(
         key = api_key or (os.environ.get(spec.env_var) if spec.env_var else None) or "no-key-needed"
     else:
         key = get_key(tc.key_name or provider, explicit=api_key, env_var=spec.env_var)  # type: ignore[assignment]
-    structured = spec.structured if tc.structured == "auto" else tc.structured
     return OpenAITeacher(
-        provider, model or tc.model, url, str(key), structured=structured, temperature=tc.temperature,
-        timeout_s=tc.timeout_s, max_retries=tc.max_retries, price_in=tc.price_in_per_mtok, price_out=tc.price_out_per_mtok,
+        tc.model_copy(update={"provider": provider, "model": model or tc.model}), base_url=url, api_key=str(key),
         cache=TeacherCache(ws.state_dir / "teacher_cache.sqlite"),
         redactor=Redactor(tc.deny_list, patterns=tc.redact) if (tc.redact or tc.deny_list) else None,
         payload_log=PayloadLog(ws.state_dir / "teacher_payloads.jsonl"),
-        headers=dict(spec.headers),
     )

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.families import Family
-from rag.bundle_reader import sha256_file
 from rag.errors import TrainingError
+from rag.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 

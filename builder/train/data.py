@@ -1,6 +1,6 @@
 """Training rows -> token ids and labels with the loss on assistant tokens only.
 
-Rows are the ARCHITECTURE training rows (``{"messages": [...], "meta": {...}}``). A row is
+Rows are the training rows of docs/architecture.md (``{"messages": [...], "meta": {...}}``). A row is
 rendered to text with the model's own chat template (or the Harmony renderer for gpt-oss),
 and the assistant spans are found *by rendering prefixes*: the text up to a turn with the
 generation prompt, and the text through that turn. Whatever the template adds between the two
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.families import ChatFormat
-from rag.bundle_reader import sha256_file
 from rag.errors import TrainingError
+from rag.fsutil import sha256_file
 
 IGNORE = -100
 Messages = list[dict[str, Any]]

@@ -120,7 +120,7 @@ def make_callback(tracker: KnowledgeTracker, patience: int | None = None) -> Any
     """A transformers callback scoring each epoch; stops after ``patience`` epochs without gain."""
     from transformers import TrainerCallback
 
-    class _KnowledgeCallback(TrainerCallback):  # type: ignore[misc]
+    class _KnowledgeCallback(TrainerCallback):
         def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
             if model is None:
                 return control

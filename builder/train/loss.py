@@ -5,7 +5,7 @@ loss is taken on. The stock causal-LM forward still projects every position onto
 vocabulary (49,152 x 576 for SmolLM2) and backpropagates through those logits. Here the
 decoder runs as usual, and only the hidden states whose next token carries a label go
 through the output layer and the cross-entropy. The loss and gradients are the same as the
-stock path's (tests/unit/test_train_loss.py checks both); one training step is about 1.3x
+stock path's (tests/unit/builder/train/test_train_loss.py checks both); one training step is about 1.3x
 faster on a CPU (benchmarks/train.py) and the logits' memory shrinks the same way on a GPU.
 
 Models whose logits are post-processed (soft-capping, scaling) fall back to the stock path.

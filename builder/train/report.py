@@ -1,4 +1,4 @@
-"""Training progress (rich) and the training report (report.json + loss.png)."""
+"""Training progress events and the training report (report.json + loss.png)."""
 
 from __future__ import annotations
 
@@ -6,46 +6,35 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rag.progress import Progress
 
-def make_progress_callback(total_steps: int) -> Any:
-    """A transformers TrainerCallback drawing a rich progress bar with the latest loss."""
+
+def make_progress_callback(total_steps: int, progress: Progress) -> Any:
+    """A transformers TrainerCallback reporting (step, steps, "train loss=... epoch=...")."""
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.progress: Any = None
-            self.task: Any = None
+            self.total = total_steps
+            self.info = ""
+
+        def _emit(self, state: Any) -> None:
+            label = f"train {self.info}".rstrip()
+            progress(int(state.global_step), int(state.max_steps or self.total), label)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps or total_steps,
-                                               completed=state.global_step, info="")
+            self._emit(state)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
+            self._emit(state)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                    **kw: Any) -> None:
-            if self.progress is None or not logs:
+            if not logs:
                 return
             info = " ".join(f"{k}={logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs)
-            self.progress.update(self.task, info=f"{info} epoch={state.epoch or 0:.2f}")
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
+            self.info = f"{info} epoch={state.epoch or 0:.2f}"
+            self._emit(state)
 
     return ProgressCallback()
 

@@ -32,6 +32,8 @@ from builder.train.loss import make_trainer_class
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
 from rag.errors import TrainingError
+from rag.fsutil import atomic_write
+from rag.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,8 @@ def utc_now() -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """run.json and export manifests: sorted, indented JSON through the one atomic write."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def library_versions() -> dict[str, str]:
@@ -93,28 +91,21 @@ def library_versions() -> dict[str, str]:
 
 
 def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict[str, Any]:
-    """Config values where the user changed them, the family's registry defaults otherwise.
+    """The values the config sets, the family's registry defaults where it leaves them None.
 
-    ``raftsmith init`` writes every default into raftsmith.yaml, so "set in the file" cannot
-    mean "chosen by the user": a value equal to the schema default counts as unset.
+    ``epochs`` (the --epochs option) wins over both. A value the user wrote is theirs even
+    when it equals what the family would have chosen.
     """
     st = ws.config.student
     lo = st.lora
-
-    def pick(section: Any, key: str, family_value: Any) -> Any:
-        value = getattr(section, key)
-        default = type(section).model_fields[key].default
-        return family_value if (value == default and family_value is not None) else value
-
-    if epochs is None:
-        epochs = pick(st, "epochs", family.epochs)
+    epochs = epochs or st.epochs or family.epochs
     if st.packing:
         # Rows are padded per batch; packing several rows into one sequence would need
         # cross-row attention masking to keep the loss assistant-only. Not implemented.
         log.warning("student.packing is not supported yet and is ignored (rows are padded per batch)")
     return {
-        "r": pick(lo, "r", family.r),
-        "alpha": pick(lo, "alpha", family.alpha),
+        "r": lo.r or family.r,
+        "alpha": lo.alpha or family.alpha,
         "dropout": lo.dropout,
         "rslora": lo.rslora,
         "target_modules": list(lo.target_modules or family.target_modules),
@@ -161,7 +152,7 @@ def run_train(
     resume: bool = False,
     train_file: str | os.PathLike[str] | None = None,
     eval_file: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> TrainResult:
     st = ws.config.student
     prev: dict[str, Any] | None = None
@@ -216,7 +207,7 @@ def run_train(
 
     lora = LoraSpec(hp["r"], hp["alpha"], hp["dropout"], hp["rslora"], hp["target_modules"], hp.get("top_layers"))
     t0 = time.time()
-    quiet_libraries(progress)
+    quiet_libraries(progress is not None)
     try:
         model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
         enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])
@@ -295,7 +286,8 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.Encoded,
-                  enc_eval: datamod.Encoded | None, hp: dict[str, Any], run_dir: Path, progress: bool) -> Any:
+                  enc_eval: datamod.Encoded | None, hp: dict[str, Any], run_dir: Path,
+                  progress: Progress | None) -> Any:
     import math
 
     from transformers import Trainer, TrainingArguments
@@ -331,7 +323,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         fp16=precision["fp16"],
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    callbacks = [make_progress_callback(total)] if progress else []
+    callbacks = [make_progress_callback(total, progress)] if progress is not None else []
     # The hf backend trains with the gathered assistant-only loss; Unsloth brings its own fused one.
     trainer_cls = make_trainer_class() if be.name == "hf" else Trainer
     trainer = trainer_cls(
@@ -340,7 +332,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
         eval_dataset=datamod.TokenDataset(enc_eval) if has_eval and enc_eval is not None else None,
         processing_class=tokenizer, callbacks=callbacks,
     )
-    # With tqdm off, transformers prints every log dict to stdout; the rich bar replaces that.
+    # With tqdm off, transformers prints every log dict to stdout; the progress events replace that.
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)

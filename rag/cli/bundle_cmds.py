@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rag.cli.common import config_option, handle_errors, print_json
+from rag.cli.progress import progress_bar
 
 
 def _size(n: int) -> str:
@@ -49,8 +50,9 @@ def create_cmd(out: str, no_embedding_model: bool, export_name: str | None, as_j
     from rag.config import load_workspace
 
     ws = load_workspace(config_path)
-    report = create_bundle(ws, out, include_embedding_model=not no_embedding_model,
-                           export_name=export_name, progress=not as_json)
+    with progress_bar(not as_json, unit="bytes") as progress:
+        report = create_bundle(ws, out, include_embedding_model=not no_embedding_model,
+                               export_name=export_name, progress=progress)
     if as_json:
         print_json(report.to_dict())
         return
@@ -77,7 +79,8 @@ def verify_cmd(file: str, as_json: bool) -> None:
     """Check every member of FILE against the bundle manifest (sizes, sha256, safe names)."""
     from rag.bundle import verify_bundle
 
-    report = verify_bundle(file, progress=not as_json)
+    with progress_bar(not as_json, unit="bytes") as progress:
+        report = verify_bundle(file, progress=progress)
     if as_json:
         print_json({"ok": True, **report.to_dict()})
         return
@@ -105,7 +108,8 @@ def install_cmd(file: str, dest: str, register: bool, host: str | None, as_json:
     """Verify FILE and install it as a workspace in DEST, set up for the llama-cpp backend."""
     from rag.bundle import install_bundle
 
-    report = install_bundle(file, dest, register=register, host=host, progress=not as_json)
+    with progress_bar(not as_json, unit="bytes") as progress:
+        report = install_bundle(file, dest, register=register, host=host, progress=progress)
     if as_json:
         print_json(report.to_dict())
         return

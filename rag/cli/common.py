@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from rag.config import BACKEND_NAMES
 from rag.errors import RaftsmithError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,3 +66,18 @@ def _debug() -> bool:
 
 def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=None, default=str))
+
+
+BACKEND_CHOICE = click.Choice(BACKEND_NAMES)
+
+
+def model_option(f: Any) -> Any:
+    """--model and --backend, shared by ask, chat and the answering commands."""
+    f = click.option("--backend", type=BACKEND_CHOICE, default=None, help="Chat backend (default: chat.backend).")(f)
+    return click.option("--model", "-m", default=None,
+                        help="base | tuned | tuned-adapter | an export name | a .gguf path (default: chat.model).")(f)
+
+
+def offline_option(f: Any) -> Any:
+    return click.option("--offline", is_flag=True,
+                        help="Refuse every non-loopback connection (also on with chat.offline: true).")(f)

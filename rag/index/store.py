@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import IndexStoreError
+from rag.fsutil import atomic_path, atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,26 +71,6 @@ class ChunkRow:
     text: str
     n_tokens: int
     embed_sha: str
-
-
-def fsync_replace(tmp: Path, final: Path) -> None:
-    """fsync ``tmp``, rename it over ``final``, fsync the folder: a crash leaves old or new."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    with contextlib.suppress(OSError):
-        dfd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    fsync_replace(Path(tmp), path)
 
 
 @contextlib.contextmanager
@@ -333,15 +313,9 @@ def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int) -> Any:
 def save_faiss(index_dir: Path, index: Any, meta: dict[str, Any]) -> None:
     import faiss
 
-    fd, tmp = tempfile.mkstemp(prefix=FAISS_NAME + ".", suffix=".tmp", dir=index_dir)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        fsync_replace(Path(tmp), index_dir / FAISS_NAME)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    atomic_write_text(index_dir / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with atomic_path(index_dir / FAISS_NAME) as tmp:
+        faiss.write_index(index, str(tmp))
+    atomic_write(index_dir / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def load_faiss(index_dir: Path) -> tuple[Any, dict[str, Any]] | None:

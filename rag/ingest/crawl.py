@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 from rag.errors import IngestError
-from rag.index.store import atomic_write_text
+from rag.fsutil import atomic_write
+from rag.progress import Progress
 
 if TYPE_CHECKING:
     import httpx
@@ -110,16 +111,14 @@ class _Cache:
             suffix = ".txt"
         name = hashlib.sha256(url.encode()).hexdigest()[:24] + suffix
         path = self.folder / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(body)
-        tmp.replace(path)
+        atomic_write(path, body)
         self.entries[url] = {"file": name, "content_type": content_type,
                              "sha256": hashlib.sha256(body).hexdigest(), "fetched_at": time.time()}
-        atomic_write_text(self.manifest_path, json.dumps(self.entries, indent=1, sort_keys=True))
+        atomic_write(self.manifest_path, json.dumps(self.entries, indent=1, sort_keys=True))
         return path
 
 
-def crawl(ws: Workspace, url: str, progress: bool = False, client: httpx.Client | None = None,
+def crawl(ws: Workspace, url: str, progress: Progress | None = None, client: httpx.Client | None = None,
           ) -> tuple[list[CrawledPage], list[tuple[str, str]]]:
     """Pages fetched (or taken from the cache) and (url, reason) failures. Raises IngestError
     when the starting llms.txt cannot be had."""

@@ -5,6 +5,9 @@ file's chunks are replaced (vectors of chunks whose text did not change are reus
 ``prune`` the documents gone from disk leave the index. One bad file never stops the batch:
 each gets a status (ok / skipped / error) and a reason in the report. The whole update is
 one SQLite transaction under the writer lock, then the FAISS file is rebuilt atomically.
+
+Longer than ~400 lines because the walk, the per-file decision and the one transaction share
+the ingest state (_Ingestor); splitting them would pass that state through every call.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from rag.index.store import (
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
 from rag.ingest.parsers import SkipFile, kind_for, parse_bytes
+from rag.progress import Progress, counter
 
 if TYPE_CHECKING:
     from rag.config import Workspace
@@ -143,7 +147,7 @@ def _walk(root: Path, results: list[FileResult], ws: Workspace, seen: set[Path])
 
 
 class _Ingestor:
-    def __init__(self, ws: Workspace, progress: bool):
+    def __init__(self, ws: Workspace, progress: Progress | None):
         self.ws = ws
         self.cfg = ws.config
         self.progress = progress
@@ -209,7 +213,7 @@ def embed_text(spec: ChunkSpec) -> str:
 
 
 def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = False,
-           progress: bool = True) -> IngestReport:
+           progress: Progress | None = None) -> IngestReport:
     t0 = time.perf_counter()
     report = IngestReport(index_dir=str(ws.index_dir))
     paths = list(paths) if paths else list(ws.config.corpus.paths)
@@ -383,33 +387,15 @@ def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: Inges
         return vectors
     keys = list(needed)
     batch = max(1, ing.cfg.embedding.batch_size) * 4
-    bar = _progress(ing.progress, len(keys))
-    try:
-        for start in range(0, len(keys), batch):
-            part = keys[start:start + batch]
-            mat = ing.embedder.encode([needed[k] for k in part])
-            for k, v in zip(part, mat, strict=True):
-                vectors[k] = vec_to_blob(v)
-            report.embeddings_computed += len(part)
-            if bar is not None:
-                bar[0].update(bar[1], advance=len(part))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+    advance = counter(ing.progress, len(keys), "embedding chunks")
+    for start in range(0, len(keys), batch):
+        part = keys[start:start + batch]
+        mat = ing.embedder.encode([needed[k] for k in part])
+        for k, v in zip(part, mat, strict=True):
+            vectors[k] = vec_to_blob(v)
+        report.embeddings_computed += len(part)
+        advance(len(part))
     return vectors
-
-
-def _progress(enabled: bool, total: int) -> tuple[Any, Any] | None:
-    if not enabled or total < 64:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-    task = prog.add_task("Embedding chunks", total=total)
-    prog.start()
-    return prog, task
 
 
 def _audit_ingest(ws: Workspace, report: IngestReport) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rag.config import Workspace
 from rag.errors import ConfigError
 from rag.llm.base import ChatBackend
-from rag.models import ModelRef
+from rag.llm.resolve import ModelRef
 
 
 def make_backend(ws: Workspace, model_ref: ModelRef) -> ChatBackend:

@@ -54,6 +54,8 @@ def test_wheel_has_all_code_and_the_templates(wheel: Path) -> None:
     assert not code - names, sorted(code - names)[:5]
     templates = {f"builder/modelfiles/{p.name}" for p in (REPO / "modelfiles").iterdir() if p.suffix in (".tmpl", ".md")}
     assert templates and templates <= names
+    reports = {str(p.relative_to(REPO)) for p in (REPO / "rag" / "evaluate" / "templates").glob("*.j2")}
+    assert reports and reports <= names, "the eval report templates must ship as package data"
 
 
 def test_export_finds_the_templates_in_an_install_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:

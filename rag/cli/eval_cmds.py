@@ -1,0 +1,87 @@
+"""``raftsmith eval``: the A/B evaluation and the retrieval check (:mod:`rag.evaluate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rag.cli.common import (
+    BACKEND_CHOICE,
+    config_option,
+    handle_errors,
+    offline_option,
+    print_json,
+)
+from rag.cli.progress import progress_bar
+from rag.config import load_workspace
+
+
+def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k: int | None, as_json: bool) -> None:
+    from rag.evaluate import load_items, retrieval_recall
+
+    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k)
+    if as_json:
+        print_json(rep)
+        return
+    click.echo(f"Retrieval recall@{rep['k']} over {rep['questions']} answerable questions (chat.mode is "
+               f"{ws.config.chat.mode}):")
+    for mode, value in rep["recall"].items():
+        click.echo(f"  {mode:<7} {value:.2f}{'  <- best' if mode == rep['best'] else ''}")
+    if rep["best"] != ws.config.chat.mode:
+        click.echo(f"Set chat.mode: {rep['best']} in raftsmith.yaml to use the best mode for these questions.")
+
+
+@click.command("eval")
+@click.option("--models", default="base,tuned", show_default=True, help="Comma-separated: base, tuned, export names.")
+@click.option("--rag/--no-rag", "rag", default=None, help="Only with (or only without) retrieval; default: both.")
+@click.option("--both", is_flag=True, help="Both RAG and closed book (the default).")
+@click.option("--questions", "questions", multiple=True, type=click.Path(path_type=str),
+              help="Question YAML, eval JSONL or a folder of them (repeatable; default: the eval split + "
+                   "holdout YAML files).")
+@click.option("--backend", type=BACKEND_CHOICE, default=None, help="Chat backend (default: chat.backend).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Report folder (default: .raftsmith/eval/<timestamp>).")
+@click.option("--judge", is_flag=True, help="Also grade answers with the teacher LLM (needs teacher.* configured and online).")
+@click.option("--forgetting", is_flag=True,
+              help="Also ask the packaged general-knowledge probe (110 questions, closed book) and report "
+                   "retention: the share of the base model's right answers the tuned model keeps.")
+@click.option("--retrieval", "retrieval_only", is_flag=True,
+              help="Only measure retrieval: recall@k of dense, bm25 and hybrid on the questions (no model runs).")
+@click.option("--k", "k", type=click.IntRange(1, 100), default=None, help="k for --retrieval (default: chat.top_k).")
+@click.option("--json", "as_json", is_flag=True)
+@offline_option
+@config_option
+@handle_errors
+def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
+             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, k: int | None, as_json: bool,
+             offline: bool,
+             config_path: str | None) -> None:
+    """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
+    from rag.evaluate import run_eval, table_header, table_rows
+    from rag.netguard import maybe_offline
+
+    ws = load_workspace(config_path)
+    if retrieval_only:
+        _retrieval_report(ws, list(questions) or None, limit, k, as_json)
+        return
+    modes = [True, False] if (both or rag is None) else [rag]
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    with maybe_offline(offline or ws.config.chat.offline), progress_bar(not as_json) as progress:
+        report = run_eval(ws, models=names, rag_modes=modes, questions=list(questions) or None, out_dir=out_dir,
+                          backend=backend, limit=limit, progress=progress, judge=judge, forgetting=forgetting)
+    if as_json:
+        print_json({"out_dir": str(report.out_dir), "summary": report.summary,
+                    "forgetting_probe": {k: v for k, v in (report.probe or {}).items() if k != "rows"} or None})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"raftsmith eval ({report.out_dir})")
+    for head in table_header():
+        table.add_column(head)
+    for row in table_rows(report.summary):
+        table.add_row(*row)
+    Console().print(table)
+    click.echo(f"Report: {report.out_dir / 'report.html'}")

@@ -1,0 +1,82 @@
+"""The forgetting probe: what tuning cost the model's general knowledge.
+
+General questions with short, unambiguous answers (``data/general_knowledge.yaml``, written
+for raftsmith, shipped in the package) are asked closed book of every model; an answer is
+right when it states one of the listed answers (the headline content match). Retention is
+the share of the base model's right answers that a tuned model still gets right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from rag.errors import ConfigError
+from rag.evaluate.metrics import correct_match
+from rag.progress import Progress, emit
+
+if TYPE_CHECKING:
+    from rag.answer import Answerer
+
+
+@dataclass
+class ProbeItem:
+    id: str
+    question: str
+    answers: list[str]
+
+
+def load_probe(path: Path | None = None) -> list[ProbeItem]:
+    """The packaged general-knowledge questions (rag/data/general_knowledge.yaml), or ``path``."""
+    path = path or Path(__file__).resolve().parent / "data" / "general_knowledge.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"Cannot read the forgetting probe {path}: {err}") from None
+    items = [ProbeItem(str(it["id"]), str(it["question"]), [str(a) for a in it["answers"]])
+             for g in data["questions"] for it in g["items"]]
+    if not items or any(not it.answers for it in items):
+        raise ConfigError(f"{path}: every probe item needs an id, a question and a list of answers.")
+    return items
+
+
+def probe_correct(prediction: str, answers: Sequence[str]) -> bool:
+    return any(correct_match(prediction, a) for a in answers)
+
+
+def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = None,
+              progress: Progress | None = None, max_tokens: int = 24,
+              limit: int | None = None) -> dict[str, Any]:
+    """General questions closed book through each model: what tuning made the model forget.
+
+    ``retention`` of a model is the share of the base model's right answers that it still
+    gets right (1.0 = nothing the base knew was lost); ``right`` counts each model's own.
+    """
+    items = load_probe()[:limit] if limit else load_probe()
+    right: dict[str, set[str]] = {}
+    answers: dict[str, dict[str, str]] = {}
+    asked = 0
+    for model in models:
+        right[model], answers[model] = set(), {}
+        for i, it in enumerate(items, start=1):
+            asked += 1
+            emit(progress, asked, len(items) * len(models), f"{model} forgetting probe {i}/{len(items)}")
+            res = engine.answer(it.question, model=model, backend=backend, rag=False, event="eval",
+                                max_tokens=max_tokens, extra={"probe_item": it.id})
+            answers[model][it.id] = res.answer
+            if probe_correct(res.answer, it.answers):
+                right[model].add(it.id)
+    out: dict[str, Any] = {"n": len(items), "max_tokens": max_tokens,
+                           "right": {m: len(r) for m, r in right.items()}, "retention": {}}
+    base = right.get("base")
+    for model, got in right.items():
+        if base is not None and model != "base":
+            out["retention"][model] = round(len(got & base) / len(base), 4) if base else None
+    out["rows"] = [{"id": it.id, "question": it.question, "answers": it.answers,
+                    **{f"{m}_answer": answers[m][it.id] for m in models},
+                    **{f"{m}_right": it.id in right[m] for m in models}} for it in items]
+    return out

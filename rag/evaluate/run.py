@@ -1,0 +1,136 @@
+"""``raftsmith eval``: models x {RAG, closed book} on held-out questions, with a report.
+
+The run asks every question of every model in each mode through :class:`rag.answer.Answerer`
+(the answering path users get), scores the rows (:mod:`rag.evaluate.metrics`) and writes the
+report (:mod:`rag.evaluate.report`). ``retrieval_recall`` measures retrieval alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rag.answer import Answerer
+from rag.config import Workspace
+from rag.errors import AuditError, ConfigError, RaftsmithError
+from rag.evaluate.metrics import contains_words, normalize, score_row, summarize
+from rag.evaluate.probe import run_probe
+from rag.evaluate.questions import EvalItem, load_items
+from rag.evaluate.report import EvalReport, write_outputs
+from rag.progress import Progress, emit
+
+
+def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
+    """For items without oracle ids: the best-ranked chunk that contains the reference answer."""
+    for it in items:
+        if it.oracle_chunk_ids or not it.answer:
+            continue
+        ref = normalize(it.answer)
+        for c in engine.retrieve(f"{it.question} {it.answer}", k=10):
+            if ref and ref in normalize(c.text):
+                it.oracle_chunk_ids = [c.chunk_id]
+                break
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = None,
+                     modes: Sequence[str] = ("dense", "bm25", "hybrid")) -> dict[str, Any]:
+    """Recall@k of each retrieval mode over the answerable items, with no model involved.
+
+    A question counts as found when one of its top-k chunks is an oracle chunk (eval split
+    rows) or contains the normalized reference answer (question YAML items). This is the
+    ceiling RAG answers can reach with ``chat.top_k = k`` (after the ``chat.min_score``
+    relevance gate, as in answering): measure it on your own question set to choose ``chat.mode``.
+    """
+    from rag.answer import split_relevant
+    from rag.retrieve import Retriever
+
+    k = k or ws.config.chat.top_k
+    min_score = ws.config.chat.min_score
+    answerable = [it for it in items if not it.unanswerable and it.answer]
+    if not answerable:
+        raise ConfigError("No answerable questions to measure retrieval with; give a question file with answers.")
+    retriever = Retriever.from_workspace(ws)
+    try:
+        recall: dict[str, float] = {}
+        for mode in modes:
+            results = retriever.search_many([it.question for it in answerable], k=k, mode=mode, dense_scores=True)
+            found = 0
+            for it, hits in zip(answerable, results, strict=True):
+                chunks, _below = split_relevant(hits, min_score)  # what an answer would be given
+                ref = normalize(it.answer or "")
+                ids = {c.chunk_id for c in chunks}
+                if set(it.oracle_chunk_ids) & ids or any(contains_words(normalize(c.text), ref) for c in chunks):
+                    found += 1
+            recall[mode] = round(found / len(answerable), 4)
+    finally:
+        retriever.close()
+    best = max(recall, key=lambda m: (recall[m], m == "hybrid"))  # ties go to hybrid
+    return {"k": k, "questions": len(answerable), "recall": recall, "best": best}
+
+
+def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
+             questions: Sequence[str | Path] | None = None, out_dir: str | Path | None = None, backend: str | None = None,
+             limit: int | None = None, progress: Progress | None = None,
+             judge: bool = False, forgetting: bool = False, probe_limit: int | None = None) -> EvalReport:
+    """Every question through models x rag_modes; writes results.json, report.md/.html, chart.png.
+
+    ``progress`` gets one event per question: (asked so far, questions x models x modes, label).
+    ``forgetting``: also ask the packaged general-knowledge probe closed book (retention needs
+    'base' among the models).
+    """
+    items = load_items(ws, questions, limit)
+    out = Path(out_dir) if out_dir else ws.state_dir / "eval" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    engine = Answerer(ws)
+    try:
+        if any(rag_modes):
+            attach_oracles(engine, items)
+        all_rows: list[dict[str, Any]] = []
+        asked, total = 0, len(items) * len(models) * len(rag_modes)
+        summary: list[dict[str, Any]] = []
+        for model in models:
+            ref, _ = engine.backend(model, backend)  # resolve (and load) before timing anything
+            for rag in rag_modes:
+                rows = []
+                for i, it in enumerate(items, start=1):
+                    asked += 1
+                    emit(progress, asked, total, f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
+                    try:
+                        res = engine.answer(it.question, model=model, backend=backend, rag=rag, event="eval",
+                                            extra={"eval_item": it.id})
+                    except AuditError:
+                        raise
+                    except RaftsmithError as err:  # one failing question is a row, not the end of the run
+                        rows.append({"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
+                                     "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
+                                     "retrieved": [], "error": str(err),
+                                     **({} if it.unanswerable else {"correct": False, "exact": False, "contains": False, "f1": 0.0})})
+                        continue
+                    rows.append(score_row(it, res))
+                for r in rows:
+                    r.update(model=model, model_label=ref.label, rag=rag)
+                all_rows += rows
+                summary.append(summarize(rows, model, rag) | {"model_label": ref.label, "digest": ref.digest})
+        probe = run_probe(engine, models, backend, progress, limit=probe_limit) if forgetting else None
+    finally:
+        engine.close()
+    if judge:
+        from rag.evaluate.judge import judge_rows
+
+        judge_rows(ws, all_rows)
+        for s in summary:
+            grades = [r["judge"]["score"] for r in all_rows
+                      if r["model"] == s["model"] and r["rag"] == s["rag"] and "score" in r.get("judge", {})]
+            s["judge_score"] = round(statistics.fmean(grades), 4) if grades else None
+    if probe is not None:
+        for srow in summary:
+            srow["general_right"] = round(probe["right"][srow["model"]] / probe["n"], 4)
+            srow["retention"] = probe["retention"].get(srow["model"])
+    report = EvalReport(out, summary, all_rows, probe)
+    write_outputs(report, ws)
+    return report

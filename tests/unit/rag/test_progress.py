@@ -1,0 +1,35 @@
+"""The progress contract: (done, total, label) events, collected here in a list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rag.progress import counter, emit
+
+
+def test_counter_reports_running_sums_and_nothing_without_a_listener() -> None:
+    events: list[tuple[int, int, str]] = []
+    advance = counter(lambda d, t, label: events.append((d, t, label)), 10, "bytes")
+    advance(4)
+    advance(6)
+    assert events == [(0, 10, "bytes"), (4, 10, "bytes"), (10, 10, "bytes")]
+    counter(None, 10, "x")(5)  # no listener: nothing to call
+    emit(None, 1, 1, "x")
+
+
+def test_bundle_verify_emits_byte_events(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from rag.bundle import seal_manifest, verify_bundle
+
+    raw = seal_manifest({"format": "raftsmith-bundle/1", "members": []})
+    bundle = tmp_path / "b.tar"
+    with tarfile.open(bundle, "w") as tf:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(raw)
+        tf.addfile(info, io.BytesIO(raw))
+    events: list[tuple[int, int, str]] = []
+    verify_bundle(bundle, progress=lambda d, t, label: events.append((d, t, label)))
+    size = bundle.stat().st_size
+    assert events[0] == (0, size, "verifying") and all(t == size and label == "verifying" for _, t, label in events)
