@@ -30,9 +30,10 @@ SYSTEM_PROMPT = (
 REFUSAL_ANSWER = "I do not know."
 REFUSAL_REPLY = f"The documents do not hold the answer.\n{ANSWER_MARK} {REFUSAL_ANSWER}"
 
+# Short on purpose: closed-book training rows are short, and this prompt is a large share of
+# their tokens (23 of ~75 with SmolLM2's tokenizer, 41 before: a quarter of a closed-book row).
 SYSTEM_PROMPT_CLOSED_BOOK = (
-    "You are a precise domain assistant. Answer the user's question from what you know. "
-    f"End with a line '{ANSWER_MARK} <short answer>'. If you do not know, say so."
+    f"Answer from memory, ending with '{ANSWER_MARK} <short answer>', or say you do not know."
 )
 
 _FENCE_RE = re.compile(r"</?\s*documents?\b[^>]*>", re.IGNORECASE)
