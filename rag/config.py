@@ -121,7 +121,7 @@ class LoraConfig(Section):
     r: int | None = Field(None, ge=1, description="LoRA rank (default: the family's).")
     alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: the family's).")
     dropout: float = Field(0.0, ge=0, lt=1)
-    rslora: bool = False
+    rslora: bool | None = Field(None, description="Rank-stabilized LoRA scaling (default: the family's).")
     target_modules: list[str] | None = Field(None, description="Default: the family's registry entry.")
     top_layers: int | None = Field(
         None, ge=1,
@@ -143,6 +143,9 @@ class StudentConfig(Section):
     max_seq_len: int = Field(1024, ge=64)
     packing: bool = False
     seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training precision. auto: bf16 on CUDA where supported (else fp16), bf16 autocast on "
+                            "a CPU with native bf16 (AVX512-BF16/AMX), else fp32.")
     select_epoch: Literal["closed_book", "last"] = Field(
         "closed_book", description="Which epoch's adapter to keep: 'closed_book' scores each epoch on the eval "
                                    "split's held-out phrasings with no documents and keeps the best; 'last' keeps "

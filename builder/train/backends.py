@@ -13,6 +13,7 @@ the loss, checkpoints, resume and eval behave identically. The difference is loa
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,35 @@ def cuda_available() -> bool:
         return False
 
 
+_CPU_BF16: bool | None = None
+_BF16_CHECK = (
+    "import torch; a = torch.randn(64, 64, dtype=torch.bfloat16); "
+    "assert torch.isfinite((a @ a).float()).all()"
+)
+
+
+def cpu_bf16_works() -> bool:
+    """Native bf16 on this CPU, checked once per process in a child process."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        _CPU_BF16 = False
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                flags = fh.read()
+        except OSError:
+            flags = ""
+        if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags):
+            import subprocess
+            import sys
+
+            try:
+                _CPU_BF16 = subprocess.run([sys.executable, "-c", _BF16_CHECK], capture_output=True,
+                                           timeout=120).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                _CPU_BF16 = False
+    return _CPU_BF16
+
+
 def unsloth_importable() -> bool:
     try:
         import unsloth  # noqa: F401
@@ -86,10 +116,20 @@ class Backend(ABC):
     def load_for_resume(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
         return self.load(base_path, family, lora, max_seq_len, seed)
 
-    def training_precision(self) -> dict[str, bool]:
-        """bf16/fp16 flags for TrainingArguments."""
-        if not cuda_available():
+    def training_precision(self, requested: str = "auto") -> dict[str, bool]:
+        """bf16/fp16 flags for TrainingArguments.
+
+        auto: on CUDA bf16 where supported, else fp16; on a CPU bf16 autocast where the CPU
+        has native bf16 instructions (AVX512-BF16 or AMX-BF16) and a bf16 matmul runs in a
+        child process (a CPU that lists an instruction the VM faults on kills the child, not
+        this run), else fp32. The LoRA weights and the optimizer stay fp32 either way.
+        """
+        if requested == "fp32":
             return {"bf16": False, "fp16": False}
+        if requested in ("bf16", "fp16"):
+            return {"bf16": requested == "bf16", "fp16": requested == "fp16"}
+        if not cuda_available():
+            return {"bf16": cpu_bf16_works(), "fp16": False}
         import torch
 
         bf16 = bool(torch.cuda.is_bf16_supported())

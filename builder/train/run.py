@@ -107,7 +107,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "r": lo.r or family.r,
         "alpha": lo.alpha or family.alpha,
         "dropout": lo.dropout,
-        "rslora": lo.rslora,
+        "rslora": lo.rslora if lo.rslora is not None else family.rslora,
         "target_modules": list(lo.target_modules or family.target_modules),
         "top_layers": lo.top_layers,
         "lr": st.lr or family.lr,
@@ -117,6 +117,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "max_seq_len": st.max_seq_len,
         "packing": False,
         "seed": st.seed,
+        "precision": st.precision,
         "lr_scheduler": "cosine",
         "warmup_fraction": 0.05,
     }
@@ -296,7 +297,7 @@ def _make_trainer(be: Backend, model: Any, tokenizer: Any, enc_train: datamod.En
     steps_per_epoch = math.ceil(n / hp["batch_size"] / hp["grad_accum"])
     total = max(1, math.ceil(steps_per_epoch * hp["epochs"]))
     has_eval = enc_eval is not None and len(enc_eval.input_ids) > 0
-    precision = be.training_precision()
+    precision = be.training_precision(hp.get("precision", "auto"))
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=hp["batch_size"],

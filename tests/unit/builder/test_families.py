@@ -65,8 +65,11 @@ def test_hyperparameters_family_defaults_unless_config_sets_them(tmp_path):
     hp = hyperparameters(ws, get_family("smollm2"), None)
     assert (hp["lr"], hp["epochs"], hp["r"], hp["alpha"]) == (3e-3, 3.0, 16, 32)
     assert hp["target_modules"] == list(get_family("smollm2").target_modules)
+    assert hp["rslora"] is False and hp["top_layers"] is None  # every layer
     hp = hyperparameters(ws, get_family("qwen"), None)
-    assert (hp["lr"], hp["alpha"]) == (2e-4, 16)
+    assert (hp["lr"], hp["r"], hp["alpha"]) == (2e-4, 32, 64)  # alpha = 2r
+    hp = hyperparameters(ws, get_family("gpt-oss"), None)
+    assert (hp["r"], hp["alpha"], hp["rslora"]) == (128, 256, True)
     cfg = ws.config_path
     cfg.write_text(cfg.read_text().replace("  lr: null", "  lr: 0.0005").replace("  epochs: null", "  epochs: 2.0"))
     ws2 = load_workspace(cfg)
@@ -82,7 +85,7 @@ def test_a_value_the_user_writes_wins_even_when_it_equals_the_old_schema_default
     ws = init_workspace(tmp_path / "a")
     assert "  epochs: null" in ws.config_path.read_text()  # init writes "derived", not a number
     qwen = get_family("qwen")
-    assert (hyperparameters(ws, qwen, None)["alpha"], hyperparameters(ws, qwen, None)["epochs"]) == (16, 3.0)
+    assert (hyperparameters(ws, qwen, None)["alpha"], hyperparameters(ws, qwen, None)["epochs"]) == (64, 3.0)
     text = ws.config_path.read_text().replace("  epochs: null", "  epochs: 3.0").replace("  alpha: null", "  alpha: 32")
     ws.config_path.write_text(text)
     hp = hyperparameters(load_workspace(ws.config_path), qwen, None)
