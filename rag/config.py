@@ -100,6 +100,13 @@ class RaftConfig(Section):
                                  "still trained on (closed-book knowledge in new words; no fact is withheld). "
                                  "'facts': whole chunks and their questions (reading unseen facts with RAG). "
                                  "'none': everything is trained on.")
+    paraphrases: int = Field(
+        3, ge=0, le=20, description="With a teacher: other phrasings of each question item it writes (structured "
+                                    "output, cached, deduplicated); each is trained on like a paraphrases: entry. "
+                                    "0 switches it off.")
+    reversals: bool = Field(
+        True, description="With a teacher: also up to two reversed questions per item (attribute -> entity, 'what "
+                          "listens on port 7431?') where the fact allows, each trained on as a fact of its own.")
     rag_rows: Literal["every_phrasing", "first_phrasing"] = Field(
         "every_phrasing", description="Which phrasings of a fact get a RAFT row (documents shown): every one, or "
                                       "only the item's own question (paraphrases then get closed-book rows only: "
@@ -146,6 +153,10 @@ class StudentConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision. auto: bf16 on CUDA where supported (else fp16), bf16 autocast on "
                             "a CPU with native bf16 (AVX512-BF16/AMX), else fp32.")
+    replay: int = Field(
+        64, ge=0, le=64, description="General prompts the base model answers itself before training; its answers "
+                                     "are trained on beside the domain rows so the model keeps its general "
+                                     "behaviour (self-distillation replay). 0 switches it off.")
     select_epoch: Literal["closed_book", "last"] = Field(
         "closed_book", description="Which epoch's adapter to keep: 'closed_book' scores each epoch on the eval "
                                    "split's held-out phrasings with no documents and keeps the best; 'last' keeps "

@@ -14,12 +14,17 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,11 +39,21 @@ def _tree_hash(*dirs: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_index(ws_root: Path) -> Path:
-    """Ingest ws_root's docs once per machine (cached under $RAFTSMITH_CACHE), copy the index in."""
+def ensure_index(ws_root: Path, paraphrases: int = 0) -> Path:
+    """Ingest ws_root's docs once per machine (cached under $RAFTSMITH_CACHE), copy the index in.
+
+    ``raft.paraphrases`` is set to ``paraphrases``: the teacher's extra phrasings add one call
+    per question item, so they are off unless a test is about them.
+    """
+    import yaml
+
     from rag.config import load_workspace
 
-    ws = load_workspace(ws_root / "raftsmith.yaml")
+    cfg = ws_root / "raftsmith.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data.setdefault("raft", {})["paraphrases"] = paraphrases
+    cfg.write_text(yaml.safe_dump(data))
+    ws = load_workspace(cfg)
     key = _tree_hash(REPO / "examples" / "kestrel" / "docs", REPO / "rag" / "ingest", REPO / "rag" / "index")
     cache = Path(os.environ["RAFTSMITH_CACHE"]) / "generate-sample-index" / key
     if not (cache / "done").exists():
@@ -71,6 +86,15 @@ def careful_answer(body: dict[str, Any]) -> str:
     msgs = body.get("messages", [])
     user = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
     system = msgs[0]["content"] if msgs else ""
+    if '"paraphrases"' in user:  # the phrasings request: deterministic rewordings, one reversal
+        q = re.search(r"^Question: (.*)$", user, re.MULTILINE)
+        a = re.search(r"^Answer: (.*)$", user, re.MULTILINE)
+        n = int(re.search(r"Write (\d+) different phrasings", user).group(1))
+        question = q.group(1).rstrip("?") if q else "the Kestrel KX-7 relay"
+        out: dict[str, Any] = {"paraphrases": [f"Variant {i + 1}: {question}?" for i in range(n)]}
+        if '"reversals"' in user and a:
+            out["reversals"] = [{"question": f"On a Kestrel KX-7, what has the value {a.group(1)}?", "answer": question}]
+        return json.dumps(out)
     if '"questions"' in system or "Write " in user and "questions" in user:
         n = int(re.search(r"Write (\d+)", user).group(1)) if re.search(r"Write (\d+)", user) else 1
         heading = re.search(r"section '([^']*)'", user)
@@ -191,3 +215,38 @@ class ScriptedTeacher:
     @property
     def calls(self) -> int:
         return len(self.requests)
+
+
+# ---------------------------------------------------------------- a real local teacher
+
+
+@pytest.fixture
+def llama_server(smollm2_gguf: Path, tmp_path: Path):
+    port = free_port()
+    log = open(tmp_path / "llama_server.log", "wb")  # noqa: SIM115 - a file, not a pipe: the load log would fill a pipe
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--model_alias", "smollm2",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {(tmp_path / 'llama_server.log').read_text(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("llama_cpp.server did not start within 120 s")
+        time.sleep(0.5)
+    yield url
+    log.close()
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

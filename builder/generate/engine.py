@@ -58,6 +58,8 @@ class GenerateSummary:
     new_rows: int = 0
     refusal_rows: int = 0
     closed_book_rows: int = 0  # rows with no documents, answered with the fact
+    teacher_phrasings: int = 0  # more phrasings of the items, written by the teacher (raft.paraphrases)
+    teacher_reversals: int = 0  # reversed questions (attribute -> entity), each a fact of its own
     resumed_rows: int = 0
     planned: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -282,8 +284,11 @@ class _Runner:
         try:
             if n_synth:
                 qs = qs + await self._synthesize(retriever.all_chunks(), n_synth, dry_run)
+            held_qs = holdout_questions(self.ws, qs)
+            if self.teacher is not None and raft.paraphrases and not dry_run:
+                qs = qs + await self._rephrase(qs, held_qs, retriever)
             plan = plan_items(qs, retriever, raft, need_reference=self.teacher is None, limit=limit)
-            check_no_heldout_collision(plan.items, [*qs, *holdout_questions(self.ws, qs)])
+            check_no_heldout_collision(plan.items, [*qs, *held_qs])
             for k, v in plan.dropped.items():
                 self.s.drop(k, v)
             self.s.near_duplicates = plan.duplicates
@@ -383,6 +388,68 @@ class _Runner:
 
     def _progress_stop(self) -> None:
         self._progress_total = 0
+
+    # -- more phrasings from the teacher
+    async def _rephrase(self, qs: list[Question], held: list[Question], retriever: Any) -> list[Question]:
+        from builder.generate.phrasings import (
+            PHRASING_PROMPT_VERSION,
+            expandable,
+            phrasing_messages,
+            phrasing_schema,
+            phrasings_from_reply,
+        )
+        from builder.generate.raft import normalize_answer
+
+        raft = self.cfg.raft
+        items = expandable(qs)
+        if not items:
+            return []
+        taken = {phrasing_key(q.question) for q in qs}
+        held_keys = {phrasing_key(q.question) for q in [*qs, *held] if q.held_out}
+        hits_all = retriever.search_many([f"{q.question} {q.answer or ''}" for q in items], k=5, mode="hybrid")
+        by_id = {c.chunk_id: c for c in retriever.all_chunks()} if any(q.oracle_chunk_ids for q in items) else {}
+        out: dict[str, Any] = {}  # item id -> the teacher's reply
+        self._progress_start(len(items), "phrasings")
+
+        async def one(q: Question, hits: list[Any]) -> None:
+            source = next((by_id[c] for c in q.oracle_chunk_ids if c in by_id), None)
+            if source is None and hits:
+                ans = normalize_answer(q.answer or "")
+                source = next((c for c in hits if ans and ans in normalize_answer(c.text)), hits[0])
+            async with self.sem:
+                if self.stop or self._over_budget():
+                    self.s.drop("phrasings_not_started_budget")
+                    return
+                try:
+                    reply = await self.teacher.complete_json(
+                        phrasing_messages(q, raft.paraphrases, raft.reversals, source),
+                        phrasing_schema(raft.paraphrases, raft.reversals), prompt_version=PHRASING_PROMPT_VERSION,
+                        max_tokens=min(60 * (raft.paraphrases + 3) + 40, self.cfg.teacher.max_tokens), tag=f"phrasings:{q.id}",
+                    )
+                except TeacherError as err:
+                    if getattr(err, "fatal", True):
+                        raise
+                    self.s.drop("phrasings_teacher_failed")
+                    return
+                finally:
+                    self._progress_advance()
+            out[q.id] = reply
+
+        try:
+            await self._all(one(q, list(h)) for q, h in zip(items, hits_all, strict=True))
+        finally:
+            self._progress_stop()
+        new: list[Question] = []
+        for q in items:  # in the items' order, whatever the completion order: stable ids and dedup
+            if q.id not in out:
+                continue
+            got, rejected = phrasings_from_reply(q, out[q.id].data, raft.paraphrases, taken, held_keys)
+            for k, v in rejected.items():
+                self.s.drop(k, v)
+            new += got
+        self.s.teacher_phrasings = sum(1 for q in new if "reversal_of" not in q.extra)
+        self.s.teacher_reversals = sum(1 for q in new if "reversal_of" in q.extra)
+        return new
 
     # -- synthesis
     async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:

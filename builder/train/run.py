@@ -60,6 +60,7 @@ class TrainResult:
     dropped_too_long: int = 0
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     knowledge: dict[str, Any] | None = None  # closed-book accuracy per epoch, and the epoch kept
+    replay_rows: int = 0  # the base model's own answers to general prompts, trained on beside the data
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +119,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "packing": False,
         "seed": st.seed,
         "precision": st.precision,
+        "replay": st.replay,
         "lr_scheduler": "cosine",
         "warmup_fraction": 0.05,
     }
@@ -211,7 +213,12 @@ def run_train(
     quiet_libraries(progress is not None)
     try:
         model, tokenizer = be.load(load_path, fam, lora, hp["max_seq_len"], hp["seed"])
-        enc_train = datamod.encode_rows(train_ds.rows, tokenizer, fmt, hp["max_seq_len"])
+        replay: list[dict[str, Any]] = []
+        if hp.get("replay"):
+            from builder.train.replay import load_replay_prompts, replay_rows
+
+            replay = replay_rows(model, tokenizer, fmt, load_replay_prompts()[: hp["replay"]])
+        enc_train = datamod.encode_rows([*train_ds.rows, *replay], tokenizer, fmt, hp["max_seq_len"])
         enc_eval = datamod.encode_rows(eval_ds.rows, tokenizer, fmt, hp["max_seq_len"]) if eval_ds else None
         tracker = _knowledge_tracker(ws, eval_ds, tokenizer, fmt)
         trainer = _make_trainer(be, model, tokenizer, enc_train, enc_eval, hp, run_dir, progress)
@@ -242,6 +249,7 @@ def run_train(
     tokens_per_s = enc_train.tokens * epochs_done / max(out.metrics.get("train_runtime", seconds), 1e-9)
     report = write_report(run_dir, trainer.state.log_history, extra={
         "train_rows": len(enc_train.input_ids), "eval_rows": len(enc_eval.input_ids) if enc_eval else 0,
+        "replay_rows": len(replay),
         "dropped_too_long": enc_train.dropped_too_long, "tokens_per_epoch": enc_train.tokens,
         "assistant_tokens_per_epoch": enc_train.assistant_tokens,
         "train_runtime_s": round(float(out.metrics.get("train_runtime", seconds)), 2),
@@ -257,7 +265,7 @@ def run_train(
     write_json_atomic(run_dir / RUN_FILE, meta)
     return TrainResult(
         run_dir=run_dir, adapter_dir=adapter_dir, family=fam.name, backend=be.name,
-        base_model=base_model.id, train_rows=len(enc_train.input_ids),
+        base_model=base_model.id, train_rows=len(enc_train.input_ids) - len(replay), replay_rows=len(replay),
         eval_rows=len(enc_eval.input_ids) if enc_eval else 0, final_loss=report["final_train_loss"],
         eval_loss=eval_loss, seconds=round(seconds, 2), tokens_per_s=round(tokens_per_s, 1),
         report_path=run_dir / "report.json", plot_path=report.get("plot_path"),

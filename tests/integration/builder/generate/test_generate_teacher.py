@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
-from generate_support import ScriptedTeacher, ensure_index, free_port
+from generate_support import ScriptedTeacher, ensure_index, llama_server  # noqa: F401 - a fixture
 
 from rag.errors import ConfigError, TeacherError
 from rag.prompting import REFUSAL_REPLY
@@ -137,39 +133,7 @@ def test_no_oracle_refuse_turns_oracle_less_rows_into_refusals(sample_workspace:
     assert all(not x["meta"].get("refusal") for x in ev)
 
 
-@pytest.fixture
-def llama_server(smollm2_gguf: Path, tmp_path: Path):
-    port = free_port()
-    log = open(tmp_path / "llama_server.log", "wb")  # noqa: SIM115 - a file, not a pipe: the load log would fill a pipe
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {(tmp_path / 'llama_server.log').read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("llama_cpp.server did not start within 120 s")
-        time.sleep(0.5)
-    yield url
-    log.close()
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def test_real_llama_cpp_server_teacher(sample_workspace: Path, llama_server: str) -> None:
+def test_real_llama_cpp_server_teacher(sample_workspace: Path, llama_server: str) -> None:  # noqa: F811
     from builder.generate.engine import run_generate
     from rag.config import load_workspace
 
