@@ -6,7 +6,8 @@ rerun skips what is done; the teacher's replies sit in a SQLite cache, so a reru
 finished run makes zero calls.
 
 Longer than ~400 lines because the runner's budget, stop and resume state is shared by
-synthesis, answering and the summary; the pure parts already live in plan, raft and answers.
+synthesis, answering and the summary; the pure parts already live in plan, raft, answers and
+phrasings (the teacher's extra phrasings run there too, through the runner).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from typing import Any
 
 from builder.generate.answers import answer_messages, answer_schema, compose_teacher_row
 from builder.generate.jsonl import JsonlAppender, read_rows, remove_rows, repair_jsonl
-from builder.generate.plan import plan_items
+from builder.generate.plan import (
+    check_no_heldout_collision,
+    holdout_questions,
+    plan_items,
+    split_manifest,
+)
 from builder.generate.quality import decontamination_report, verify_quotes
 from builder.generate.questions import (
     SYNTH_PROMPT_VERSION,
     Question,
     load_questions,
-    phrasing_key,
     questions_from_synthesis,
     synthesis_messages,
     synthesis_schema,
@@ -96,59 +101,6 @@ class GenerateSummary:
 def output_paths(ws: Workspace) -> dict[str, Path]:
     name = ws.config.corpus.name
     return {s: ws.training_dir / f"{name}.{s}.jsonl" for s in ("train", "eval")}
-
-
-def holdout_questions(ws: Workspace, loaded: Sequence[Question]) -> list[Question]:
-    """Held-out question files in the workspace's domain_questions/ that this run did not load
-    (raft.questions may name only the training files): their phrasings must not be trained on."""
-    from builder.generate.questions import load_question_file
-
-    seen = {q.origin for q in loaded}
-    out: list[Question] = []
-    for f in sorted((ws.root / "domain_questions").glob("*.y*ml")):
-        if str(f) in seen:
-            continue
-        try:
-            qs = load_question_file(f)
-        except ConfigError:
-            continue  # not ours to judge here: a broken file that generate was not asked to read
-        out += [q for q in qs if q.held_out]
-    return out
-
-
-def check_no_heldout_collision(items: Sequence[RaftItem], questions: Sequence[Question]) -> None:
-    """A phrasing trained on cannot measure knowledge: refuse one that is also held out."""
-    held = {phrasing_key(q.question): q for q in questions if q.held_out}
-    for it in items:
-        q = held.get(phrasing_key(it.question))
-        if it.split == "train" and q is not None:
-            raise ConfigError(
-                f"The training question '{it.question}' ({it.id}, {it.origin}) is also held out for evaluation "
-                f"as {q.id} ({q.origin}). A phrasing that is trained on cannot measure what the model learned: "
-                "reword or remove one of the two, then rerun generate (finished rows are kept)."
-            )
-
-
-def split_manifest(items: Sequence[RaftItem], raft: Any) -> dict[str, Any]:
-    """What the eval split holds out and why, for the summary and <corpus>.split.json."""
-    rows = [it for it in items if not it.extra.get("closed_book_of")]
-    facts: dict[str, set[str]] = {}
-    for it in rows:
-        if it.answer is not None:
-            facts.setdefault(str(it.extra.get("fact") or it.id), set()).add(it.split)
-    return {
-        "eval_split": raft.eval_split, "eval_fraction": raft.eval_fraction, "seed": raft.seed,
-        "closed_book_share": raft.closed_book,
-        "facts": len(facts),
-        "facts_trained": sum("train" in s for s in facts.values()),
-        "facts_with_eval_phrasing": sum("eval" in s for s in facts.values()),
-        "facts_withheld": sum(s == {"eval"} for s in facts.values()),
-        "rows": {"raft_train": sum(it.split == "train" and not it.extra.get("refusal") for it in rows),
-                 "refusal": sum(bool(it.extra.get("refusal")) for it in rows),
-                 "closed_book": sum(bool(it.extra.get("closed_book_of")) for it in items),
-                 "eval": sum(it.split == "eval" for it in rows)},
-        "eval_ids": sorted(it.id for it in rows if it.split == "eval"),
-    }
 
 
 def _chunk_sha(text: str) -> str:
@@ -391,65 +343,9 @@ class _Runner:
 
     # -- more phrasings from the teacher
     async def _rephrase(self, qs: list[Question], held: list[Question], retriever: Any) -> list[Question]:
-        from builder.generate.phrasings import (
-            PHRASING_PROMPT_VERSION,
-            expandable,
-            phrasing_messages,
-            phrasing_schema,
-            phrasings_from_reply,
-        )
-        from builder.generate.raft import normalize_answer
+        from builder.generate.phrasings import rephrase
 
-        raft = self.cfg.raft
-        items = expandable(qs)
-        if not items:
-            return []
-        taken = {phrasing_key(q.question) for q in qs}
-        held_keys = {phrasing_key(q.question) for q in [*qs, *held] if q.held_out}
-        hits_all = retriever.search_many([f"{q.question} {q.answer or ''}" for q in items], k=5, mode="hybrid")
-        by_id = {c.chunk_id: c for c in retriever.all_chunks()} if any(q.oracle_chunk_ids for q in items) else {}
-        out: dict[str, Any] = {}  # item id -> the teacher's reply
-        self._progress_start(len(items), "phrasings")
-
-        async def one(q: Question, hits: list[Any]) -> None:
-            source = next((by_id[c] for c in q.oracle_chunk_ids if c in by_id), None)
-            if source is None and hits:
-                ans = normalize_answer(q.answer or "")
-                source = next((c for c in hits if ans and ans in normalize_answer(c.text)), hits[0])
-            async with self.sem:
-                if self.stop or self._over_budget():
-                    self.s.drop("phrasings_not_started_budget")
-                    return
-                try:
-                    reply = await self.teacher.complete_json(
-                        phrasing_messages(q, raft.paraphrases, raft.reversals, source),
-                        phrasing_schema(raft.paraphrases, raft.reversals), prompt_version=PHRASING_PROMPT_VERSION,
-                        max_tokens=min(60 * (raft.paraphrases + 3) + 40, self.cfg.teacher.max_tokens), tag=f"phrasings:{q.id}",
-                    )
-                except TeacherError as err:
-                    if getattr(err, "fatal", True):
-                        raise
-                    self.s.drop("phrasings_teacher_failed")
-                    return
-                finally:
-                    self._progress_advance()
-            out[q.id] = reply
-
-        try:
-            await self._all(one(q, list(h)) for q, h in zip(items, hits_all, strict=True))
-        finally:
-            self._progress_stop()
-        new: list[Question] = []
-        for q in items:  # in the items' order, whatever the completion order: stable ids and dedup
-            if q.id not in out:
-                continue
-            got, rejected = phrasings_from_reply(q, out[q.id].data, raft.paraphrases, taken, held_keys)
-            for k, v in rejected.items():
-                self.s.drop(k, v)
-            new += got
-        self.s.teacher_phrasings = sum(1 for q in new if "reversal_of" not in q.extra)
-        self.s.teacher_reversals = sum(1 for q in new if "reversal_of" in q.extra)
-        return new
+        return await rephrase(self, qs, held, retriever)
 
     # -- synthesis
     async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from builder.generate.questions import Question, is_self_contained, phrasing_key
+from rag.errors import TeacherError
 from rag.types import Chunk
 
 PHRASING_PROMPT_VERSION = "phrasings-v1"
@@ -128,3 +129,61 @@ def _strings(v: Any) -> list[str]:
 
 def _h(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+
+
+async def rephrase(runner: Any, qs: list[Question], held: list[Question], retriever: Any) -> list[Question]:
+    """Ask the teacher for more phrasings of every item, through the generate runner (its
+    semaphore, budget, progress, cache and summary); the new Questions, in the items' order."""
+    from builder.generate.raft import normalize_answer
+
+
+    raft = runner.cfg.raft
+    items = expandable(qs)
+    if not items:
+        return []
+    taken = {phrasing_key(q.question) for q in qs}
+    held_keys = {phrasing_key(q.question) for q in [*qs, *held] if q.held_out}
+    hits_all = retriever.search_many([f"{q.question} {q.answer or ''}" for q in items], k=5, mode="hybrid")
+    by_id = {c.chunk_id: c for c in retriever.all_chunks()} if any(q.oracle_chunk_ids for q in items) else {}
+    out: dict[str, Any] = {}  # item id -> the teacher's reply
+    runner._progress_start(len(items), "phrasings")
+
+    async def one(q: Question, hits: list[Any]) -> None:
+        source = next((by_id[c] for c in q.oracle_chunk_ids if c in by_id), None)
+        if source is None and hits:
+            ans = normalize_answer(q.answer or "")
+            source = next((c for c in hits if ans and ans in normalize_answer(c.text)), hits[0])
+        async with runner.sem:
+            if runner.stop or runner._over_budget():
+                runner.s.drop("phrasings_not_started_budget")
+                return
+            try:
+                reply = await runner.teacher.complete_json(
+                    phrasing_messages(q, raft.paraphrases, raft.reversals, source),
+                    phrasing_schema(raft.paraphrases, raft.reversals), prompt_version=PHRASING_PROMPT_VERSION,
+                    max_tokens=min(60 * (raft.paraphrases + 3) + 40, runner.cfg.teacher.max_tokens), tag=f"phrasings:{q.id}",
+                )
+            except TeacherError as err:
+                if getattr(err, "fatal", True):
+                    raise
+                runner.s.drop("phrasings_teacher_failed")
+                return
+            finally:
+                runner._progress_advance()
+        out[q.id] = reply
+
+    try:
+        await runner._all(one(q, list(h)) for q, h in zip(items, hits_all, strict=True))
+    finally:
+        runner._progress_stop()
+    new: list[Question] = []
+    for q in items:  # in the items' order, whatever the completion order: stable ids and dedup
+        if q.id not in out:
+            continue
+        got, rejected = phrasings_from_reply(q, out[q.id].data, raft.paraphrases, taken, held_keys)
+        for k, v in rejected.items():
+            runner.s.drop(k, v)
+        new += got
+    runner.s.teacher_phrasings = sum(1 for q in new if "reversal_of" not in q.extra)
+    runner.s.teacher_reversals = sum(1 for q in new if "reversal_of" in q.extra)
+    return new

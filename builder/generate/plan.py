@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from builder.generate.quality import near_duplicates, split_by_chunk, split_by_phrasing
-from builder.generate.questions import Question
+from builder.generate.questions import Question, load_question_file, phrasing_key
 from builder.generate.raft import (
     RaftContext,
     RaftItem,
@@ -20,7 +20,8 @@ from builder.generate.raft import (
     normalize_answer,
     sample_context,
 )
-from rag.config import RaftConfig
+from rag.config import RaftConfig, Workspace
+from rag.errors import ConfigError
 from rag.types import Chunk
 
 
@@ -214,3 +215,57 @@ def _plan_refusals(plan: Plan, refusals: Sequence[Question], retriever: Any, raf
         ctx = RaftContext(oracle=[], distractors=docs, has_oracle=False, documents=docs)
         plan.items.append(RaftItem(id=q.id, question=q.question, answer=None, category=q.category, split="train",
                                    context=ctx, origin=q.origin, extra={**q.extra, "refusal": True}))
+
+
+# ---------------------------------------------------------------- held-out phrasings and the split
+
+
+def holdout_questions(ws: Workspace, loaded: Sequence[Question]) -> list[Question]:
+    """Held-out question files in the workspace's domain_questions/ that this run did not load
+    (raft.questions may name only the training files): their phrasings must not be trained on."""
+    seen = {q.origin for q in loaded}
+    out: list[Question] = []
+    for f in sorted((ws.root / "domain_questions").glob("*.y*ml")):
+        if str(f) in seen:
+            continue
+        try:
+            qs = load_question_file(f)
+        except ConfigError:
+            continue  # not ours to judge here: a broken file that generate was not asked to read
+        out += [q for q in qs if q.held_out]
+    return out
+
+
+def check_no_heldout_collision(items: Sequence[RaftItem], questions: Sequence[Question]) -> None:
+    """A phrasing trained on cannot measure knowledge: refuse one that is also held out."""
+    held = {phrasing_key(q.question): q for q in questions if q.held_out}
+    for it in items:
+        q = held.get(phrasing_key(it.question))
+        if it.split == "train" and q is not None:
+            raise ConfigError(
+                f"The training question '{it.question}' ({it.id}, {it.origin}) is also held out for evaluation "
+                f"as {q.id} ({q.origin}). A phrasing that is trained on cannot measure what the model learned: "
+                "reword or remove one of the two, then rerun generate (finished rows are kept)."
+            )
+
+
+def split_manifest(items: Sequence[RaftItem], raft: Any) -> dict[str, Any]:
+    """What the eval split holds out and why, for the summary and <corpus>.split.json."""
+    rows = [it for it in items if not it.extra.get("closed_book_of")]
+    facts: dict[str, set[str]] = {}
+    for it in rows:
+        if it.answer is not None:
+            facts.setdefault(str(it.extra.get("fact") or it.id), set()).add(it.split)
+    return {
+        "eval_split": raft.eval_split, "eval_fraction": raft.eval_fraction, "seed": raft.seed,
+        "closed_book_share": raft.closed_book,
+        "facts": len(facts),
+        "facts_trained": sum("train" in s for s in facts.values()),
+        "facts_with_eval_phrasing": sum("eval" in s for s in facts.values()),
+        "facts_withheld": sum(s == {"eval"} for s in facts.values()),
+        "rows": {"raft_train": sum(it.split == "train" and not it.extra.get("refusal") for it in rows),
+                 "refusal": sum(bool(it.extra.get("refusal")) for it in rows),
+                 "closed_book": sum(bool(it.extra.get("closed_book_of")) for it in items),
+                 "eval": sum(it.split == "eval" for it in rows)},
+        "eval_ids": sorted(it.id for it in rows if it.split == "eval"),
+    }

@@ -55,20 +55,35 @@ def _metric(result: dict, model: str, rag: bool, key: str) -> float:
 
 def test_tuned_beats_base_on_heldout_paraphrases(demo_out: Path) -> None:
     result = _result(demo_out)
-    tuned, base = _metric(result, "tuned", True, "exact"), _metric(result, "base", True, "exact")
-    # Measured on this machine class: tuned 0.60 vs base 0.00 exact (SQuAD-normalized whole
-    # answer) over 20 paraphrases, F1 0.67 vs 0.13. The floors leave three questions of slack
-    # for float differences between CPUs; the margin over base is the promise.
-    assert tuned >= base + 0.30, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
-    assert tuned >= 0.45
+    # The headline is "correct": the reference's content in the answer, any wording. Measured
+    # on this machine class (benchmarks/results/demo.json): with RAG tuned 0.80 vs base 0.40,
+    # strict exact 0.75 vs 0.00, F1 0.81 vs 0.13, over 20 held-out paraphrases. The floors
+    # leave three questions of slack for float differences between CPUs.
+    tuned, base = _metric(result, "tuned", True, "correct"), _metric(result, "base", True, "correct")
+    assert tuned >= base + 0.25, f"tuned {tuned:.2f} did not beat base {base:.2f} with RAG"
+    assert tuned >= 0.65
+    assert _metric(result, "tuned", True, "exact") >= _metric(result, "base", True, "exact") + 0.30
     assert _metric(result, "tuned", True, "f1") >= _metric(result, "base", True, "f1") + 0.20
-    # The lenient metric (reference anywhere in the reply) must not drop with tuning either.
     assert _metric(result, "tuned", True, "contains") >= _metric(result, "base", True, "contains") - 0.10
-    # Refusal rows teach "I do not know" (measured: tuned refuses 1 of 5 unanswerables, base 0)
-    # without refusing answerable questions when the documents hold the answer.
     assert _metric(result, "tuned", True, "refusal_unanswerable") >= _metric(result, "base", True, "refusal_unanswerable")
     assert _metric(result, "tuned", True, "false_refusal") <= 0.10
     assert result["generate"]["refusal_rows"] == 6
+
+
+def test_tuned_knows_the_domain_closed_book(demo_out: Path) -> None:
+    """No documents in the prompt: the closed-book rows made the facts stick (measured 0.50
+    vs 0.00 on phrasings never trained on), and the replay rows kept most of what the base
+    model knew in general (measured retention 0.65 on the 110-question probe)."""
+    result = _result(demo_out)
+    tuned, base = _metric(result, "tuned", False, "correct"), _metric(result, "base", False, "correct")
+    assert tuned >= base + 0.30, f"closed book: tuned {tuned:.2f} vs base {base:.2f}"
+    probe = result["eval"]["forgetting_probe"]
+    assert probe["n"] >= 100 and probe["right"]["base"] > 30
+    assert probe["retention"]["tuned"] >= 0.45
+    gen = result["generate"]
+    assert gen["closed_book_rows"] >= 150 and gen["split"]["facts_withheld"] == 0
+    assert result["train"]["replay_rows"] > 0
+    assert result["train"]["knowledge"]["history"], "closed-book accuracy was scored per epoch"
 
 
 def test_retrieval_mode_chosen_on_training_questions(demo_out: Path) -> None:
