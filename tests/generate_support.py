@@ -39,11 +39,14 @@ def _tree_hash(*dirs: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_index(ws_root: Path, paraphrases: int = 0) -> Path:
+def ensure_index(ws_root: Path, paraphrases: int = 0, plain: bool = True) -> Path:
     """Ingest ws_root's docs once per machine (cached under $RAFTSMITH_CACHE), copy the index in.
 
     ``raft.paraphrases`` is set to ``paraphrases``: the teacher's extra phrasings add one call
-    per question item, so they are off unless a test is about them.
+    per question item, so they are off unless a test is about them. ``plain`` (the default,
+    for the tests of the teacher, faults and row contract): one phrasing per item (the
+    sample's ``paraphrases:`` removed), no closed-book rows and the chunk-disjoint split, so
+    one question is one teacher call and one row. The knowledge tests pass ``plain=False``.
     """
     import yaml
 
@@ -52,6 +55,15 @@ def ensure_index(ws_root: Path, paraphrases: int = 0) -> Path:
     cfg = ws_root / "raftsmith.yaml"
     data = yaml.safe_load(cfg.read_text())
     data.setdefault("raft", {})["paraphrases"] = paraphrases
+    if plain:
+        data["raft"].update({"closed_book": 0.0, "eval_split": "facts"})
+        for qf in (ws_root / "domain_questions").glob("kestrel*.yaml"):
+            qs = yaml.safe_load(qf.read_text())
+            for group in qs.get("questions") or []:
+                for item in group.get("items") or []:
+                    if isinstance(item, dict):
+                        item.pop("paraphrases", None)
+            qf.write_text(yaml.safe_dump(qs, sort_keys=False))
     cfg.write_text(yaml.safe_dump(data))
     ws = load_workspace(cfg)
     key = _tree_hash(REPO / "examples" / "kestrel" / "docs", REPO / "rag" / "ingest", REPO / "rag" / "index")
@@ -86,7 +98,9 @@ def careful_answer(body: dict[str, Any]) -> str:
     msgs = body.get("messages", [])
     user = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
     system = msgs[0]["content"] if msgs else ""
-    if '"paraphrases"' in user:  # the phrasings request: deterministic rewordings, one reversal
+    first_user = next((m["content"] for m in msgs if m.get("role") == "user"), "")
+    if '"paraphrases"' in first_user:  # the phrasings request (or its JSON retry): rewordings, one reversal
+        user = first_user
         q = re.search(r"^Question: (.*)$", user, re.MULTILINE)
         a = re.search(r"^Answer: (.*)$", user, re.MULTILINE)
         n = int(re.search(r"Write (\d+) different phrasings", user).group(1))

@@ -22,7 +22,7 @@ from rag.providers import TEACHER_CHOICES
 @click.option("--concurrency", type=click.IntRange(min=1, max=256), default=None, help="Requests in flight.")
 @click.option("--local-only", is_flag=True, default=None, help="Refuse any teacher that is not on loopback.")
 @click.option("--dry-run", is_flag=True, help="Plan and estimate tokens and cost; call nothing, write nothing.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Generate at most N rows.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Plan at most N questions (each training one also brings its closed-book row).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option

@@ -37,7 +37,7 @@ def test_every_fact_trained_with_closed_book_rows(sample_workspace: Path) -> Non
     from builder.generate.engine import run_generate
     from rag.config import load_workspace
 
-    cfg = ensure_index(sample_workspace)
+    cfg = ensure_index(sample_workspace, plain=False)
     _set(cfg, raft={"n_distractors": 1})
     s = run_generate(load_workspace(cfg), teacher="none")
     train, evals = _rows(sample_workspace, "train"), _rows(sample_workspace, "eval")
@@ -73,7 +73,7 @@ def test_closed_book_share_and_off(sample_workspace: Path) -> None:
     from builder.generate.engine import run_generate
     from rag.config import load_workspace
 
-    cfg = ensure_index(sample_workspace)
+    cfg = ensure_index(sample_workspace, plain=False)
     _set(cfg, raft={"n_distractors": 1, "closed_book": 0.0, "eval_split": "none"})
     s = run_generate(load_workspace(cfg), teacher="none")
     assert s.closed_book_rows == 0 and not any(r["meta"].get("closed_book") for r in _rows(sample_workspace, "train"))
@@ -90,7 +90,7 @@ def test_facts_split_is_explicit_and_withholds_chunks(sample_workspace: Path) ->
     from builder.generate.engine import run_generate
     from rag.config import load_workspace
 
-    cfg = ensure_index(sample_workspace)
+    cfg = ensure_index(sample_workspace, plain=False)
     _set(cfg, raft={"n_distractors": 1, "eval_split": "facts", "eval_fraction": 0.2})
     s = run_generate(load_workspace(cfg), teacher="none")
     assert s.split["eval_split"] == "facts" and s.split["facts_withheld"] > 0
@@ -103,7 +103,7 @@ def test_training_on_a_heldout_phrasing_is_refused(sample_workspace: Path) -> No
     from rag.config import load_workspace
     from rag.errors import ConfigError
 
-    cfg = ensure_index(sample_workspace)
+    cfg = ensure_index(sample_workspace, plain=False)
     _set(cfg, raft={"n_distractors": 1, "questions": ["domain_questions/kestrel.yaml"]})
     s = run_generate(load_workspace(cfg), teacher="none")
     before = {p.name: p.read_bytes() for p in (sample_workspace / "training_data").glob("*.jsonl")}

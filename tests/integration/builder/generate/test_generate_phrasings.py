@@ -30,14 +30,15 @@ def _set(cfg: Path, **sections: dict) -> None:
 
 
 def _workspace(root: Path, paraphrases: int) -> Path:
-    cfg = ensure_index(root, paraphrases=paraphrases)
+    cfg = ensure_index(root, paraphrases=paraphrases, plain=False)
     for f in (root / "domain_questions").glob("*.yaml"):
         f.unlink()
     (root / "domain_questions" / "few.yaml").write_text(ITEMS)
     (root / "domain_questions" / "held.yaml").write_text(
         "holdout: true\nquestions:\n  - {id: port-h, paraphrase_of: port, "
         "question: 'Variant 2: Which TCP port does the Kestrel KX-7 relay listen on by default for sensor ingest?', answer: '7431'}\n")
-    _set(cfg, raft={"n_distractors": 1, "p_oracle": 1.0, "eval_split": "none"})
+    # the double's rewordings differ by a prefix only: keep them apart from the near-duplicate filter
+    _set(cfg, raft={"n_distractors": 1, "p_oracle": 1.0, "eval_split": "none", "dedup_threshold": 0.9999})
     return cfg
 
 
@@ -56,7 +57,7 @@ def test_teacher_phrasings_and_reversals_become_rows(sample_workspace: Path) -> 
         # the first phrasing reply is not JSON: retried with the error named, then fine
         srv.script(("text", "sure! here are some"))
         s = run_generate(load_workspace(cfg))
-        phrasing_calls = [r for r in srv.requests if '"paraphrases"' in r["body"]["messages"][-1]["content"]]
+        phrasing_calls = [r for r in srv.requests if '"paraphrases"' in r["body"]["messages"][1]["content"]]
         # one request per item in its own wording (the file's paraphrase is not rephrased), plus the retry
         assert len(phrasing_calls) == 3
         assert s.teacher_phrasings == 5 and s.teacher_reversals == 2
@@ -83,7 +84,7 @@ def test_phrasings_off_makes_no_call(sample_workspace: Path) -> None:
     with ScriptedTeacher() as srv:
         _set(cfg, teacher={"provider": "openai-compatible", "base_url": srv.base_url, "model": "scripted"})
         s = run_generate(load_workspace(cfg))
-        assert not any('"paraphrases"' in r["body"]["messages"][-1]["content"] for r in srv.requests)
+        assert not any('"paraphrases"' in r["body"]["messages"][1]["content"] for r in srv.requests)
         assert s.teacher_phrasings == 0
 
 
