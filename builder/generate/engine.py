@@ -347,6 +347,25 @@ class _Runner:
 
         return await rephrase(self, qs, held, retriever)
 
+    async def ask_once(self, what: str, messages: list[dict[str, str]], schema: dict[str, Any], prompt_version: str,
+                       max_tokens: int, tag: str) -> Any:
+        """One structured teacher request under the concurrency limit and the budget; None when
+        it was not started (budget reached) or failed for good (counted as '<what>_...')."""
+        async with self.sem:
+            if self.stop or self._over_budget():
+                self.s.drop(f"{what}_not_started_budget")
+                return None
+            try:
+                return await self.teacher.complete_json(messages, schema, prompt_version=prompt_version,
+                                                        max_tokens=min(max_tokens, self.cfg.teacher.max_tokens), tag=tag)
+            except TeacherError as err:
+                if getattr(err, "fatal", True):
+                    raise
+                self.s.drop(f"{what}_teacher_failed")
+                return None
+            finally:
+                self._progress_advance()
+
     # -- synthesis
     async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:
         if dry_run:
@@ -359,22 +378,9 @@ class _Runner:
         self._progress_start(len(chunks), "synthesize")
 
         async def one(c: Any) -> None:
-            async with self.sem:
-                if self.stop or self._over_budget():
-                    self.s.drop("synth_not_started_budget")
-                    return
-                try:
-                    reply = await self.teacher.complete_json(
-                        synthesis_messages(c, n), synthesis_schema(n), prompt_version=SYNTH_PROMPT_VERSION,
-                        max_tokens=min(60 * n + 40, self.cfg.teacher.max_tokens), tag=f"synth:{c.chunk_id}",
-                    )
-                except TeacherError as err:
-                    if getattr(err, "fatal", True):
-                        raise
-                    self.s.drop("synth_teacher_failed")
-                    return
-                finally:
-                    self._progress_advance()
+            reply = await self.ask_once("synth", synthesis_messages(c, n), synthesis_schema(n), SYNTH_PROMPT_VERSION,
+                                        60 * n + 40, f"synth:{c.chunk_id}")
+            if reply is not None:
                 got, rejected = questions_from_synthesis(c, reply.data, n)
                 for k, v in rejected.items():
                     self.s.drop(k, v)

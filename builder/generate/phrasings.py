@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from builder.generate.questions import Question, is_self_contained, phrasing_key
-from rag.errors import TeacherError
 from rag.types import Chunk
 
 PHRASING_PROMPT_VERSION = "phrasings-v1"
@@ -136,7 +135,6 @@ async def rephrase(runner: Any, qs: list[Question], held: list[Question], retrie
     semaphore, budget, progress, cache and summary); the new Questions, in the items' order."""
     from builder.generate.raft import normalize_answer
 
-
     raft = runner.cfg.raft
     items = expandable(qs)
     if not items:
@@ -153,24 +151,12 @@ async def rephrase(runner: Any, qs: list[Question], held: list[Question], retrie
         if source is None and hits:
             ans = normalize_answer(q.answer or "")
             source = next((c for c in hits if ans and ans in normalize_answer(c.text)), hits[0])
-        async with runner.sem:
-            if runner.stop or runner._over_budget():
-                runner.s.drop("phrasings_not_started_budget")
-                return
-            try:
-                reply = await runner.teacher.complete_json(
-                    phrasing_messages(q, raft.paraphrases, raft.reversals, source),
-                    phrasing_schema(raft.paraphrases, raft.reversals), prompt_version=PHRASING_PROMPT_VERSION,
-                    max_tokens=min(60 * (raft.paraphrases + 3) + 40, runner.cfg.teacher.max_tokens), tag=f"phrasings:{q.id}",
-                )
-            except TeacherError as err:
-                if getattr(err, "fatal", True):
-                    raise
-                runner.s.drop("phrasings_teacher_failed")
-                return
-            finally:
-                runner._progress_advance()
-        out[q.id] = reply
+        reply = await runner.ask_once(
+            "phrasings", phrasing_messages(q, raft.paraphrases, raft.reversals, source),
+            phrasing_schema(raft.paraphrases, raft.reversals), PHRASING_PROMPT_VERSION,
+            60 * (raft.paraphrases + 3) + 40, f"phrasings:{q.id}")
+        if reply is not None:
+            out[q.id] = reply
 
     try:
         await runner._all(one(q, list(h)) for q, h in zip(items, hits_all, strict=True))
