@@ -56,6 +56,8 @@ def test_wheel_has_all_code_and_the_templates(wheel: Path) -> None:
     assert templates and templates <= names
     reports = {str(p.relative_to(REPO)) for p in (REPO / "rag" / "evaluate" / "templates").glob("*.j2")}
     assert reports and reports <= names, "the eval report templates must ship as package data"
+    data = {"rag/evaluate/data/general_knowledge.yaml", "builder/train/data/replay_prompts.yaml"}
+    assert data <= names, "the forgetting probe and the replay prompts must ship as package data"
 
 
 def test_export_finds_the_templates_in_an_install_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
