@@ -39,6 +39,10 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
 
     ws = init_workspace(tmp_path / "ws", corpus_name="codes")
     (ws.training_dir / "codes.train.jsonl").write_text(_rows(8))  # batch 4 -> 2 steps per epoch
+    # no replay rows (they would add 64 rows, 16 steps per epoch); resume rebuilds them the same
+    text = ws.config_path.read_text()
+    assert "  replay: 64" in text
+    ws.config_path.write_text(text.replace("  replay: 64", "  replay: 0"))
     env = dict(os.environ, RAFTSMITH_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ws.config_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
