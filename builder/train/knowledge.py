@@ -24,6 +24,36 @@ from rag.prompting import build_messages, extract_answer
 log = logging.getLogger(__name__)
 
 
+def closed_book_replies(model: Any, tokenizer: Any, fmt: ChatFormat, questions: Sequence[str], *,
+                        max_new_tokens: int, batch_size: int) -> list[tuple[str, bool]]:
+    """Greedy replies to ``questions`` under the closed-book prompt ``ask --no-rag`` sends, as
+    (text, cut by the token limit); batches are left-padded so each continues its own prompt."""
+    import torch
+
+    render = datamod.make_renderer(fmt, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[tuple[str, bool]] = []
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(questions), batch_size):
+                part = questions[i:i + batch_size]
+                texts = [render(datamod.prepare_messages(build_messages(q, None), fmt), True) for q in part]
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(model.device) for k, v in enc.items()}
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+                for seq in gen[:, enc["input_ids"].shape[1]:]:
+                    ids = seq.tolist()
+                    out.append((tokenizer.decode(ids, skip_special_tokens=True), tokenizer.eos_token_id not in ids))
+    finally:
+        tokenizer.padding_side = side
+        if was_training:
+            model.train()
+    return out
+
+
 @dataclass
 class Probe:
     question: str
@@ -65,26 +95,9 @@ class KnowledgeTracker:
     _best_state: dict[str, Any] | None = None
 
     def score(self, model: Any) -> tuple[int, int]:
-        import torch
-
-        render = datamod.make_renderer(self.fmt, self.tokenizer)
-        was_training = model.training
-        model.eval()
-        right = 0
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        try:
-            with torch.no_grad():
-                for p in self.probes:
-                    msgs = datamod.prepare_messages(build_messages(p.question, None), self.fmt)
-                    ids = self.tokenizer(render(msgs, True), return_tensors="pt", add_special_tokens=False)
-                    ids = {k: v.to(model.device) for k, v in ids.items()}
-                    out = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                         pad_token_id=pad)
-                    reply = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-                    right += correct_match(extract_answer(reply), p.answer)
-        finally:
-            if was_training:
-                model.train()
+        replies = closed_book_replies(model, self.tokenizer, self.fmt, [p.question for p in self.probes],
+                                      max_new_tokens=self.max_new_tokens, batch_size=1)
+        right = sum(correct_match(extract_answer(text), p.answer) for p, (text, _) in zip(self.probes, replies, strict=True))
         return right, len(self.probes)
 
     def on_epoch(self, model: Any, epoch: float) -> EpochScore:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from builder.families import ChatFormat
-from builder.train import data as datamod
+from builder.train.knowledge import closed_book_replies
 from rag.prompting import build_messages
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
@@ -45,34 +45,14 @@ def _tidy(text: str, truncated: bool) -> str:
 def replay_rows(model: Any, tokenizer: Any, fmt: ChatFormat, prompts: list[str], *,
                 max_new_tokens: int = 48, batch_size: int = 16) -> list[dict[str, Any]]:
     """Training rows of the base model's greedy answers to ``prompts`` (closed-book prompt)."""
-    import torch
-
-    render = datamod.make_renderer(fmt, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-    rows: list[dict[str, Any]] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues every prompt from its own last token
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    was_training = model.training
-    model.eval()
-    try:
-        with off, torch.no_grad():
-            for i in range(0, len(prompts), batch_size):
-                part = prompts[i:i + batch_size]
-                texts = [render(datamod.prepare_messages(build_messages(p, None), fmt), True) for p in part]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(model.device) for k, v in enc.items()}
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-                for p, seq in zip(part, out[:, enc["input_ids"].shape[1]:], strict=True):
-                    ids = seq.tolist()
-                    truncated = eos not in ids
-                    reply = _tidy(tokenizer.decode(ids, skip_special_tokens=True), truncated)
-                    if reply:
-                        rows.append({"messages": [*build_messages(p, None), {"role": "assistant", "content": reply}],
-                                     "meta": {"replay": True, "question": p}})
-    finally:
-        tokenizer.padding_side = side
-        if was_training:
-            model.train()
+    with off:
+        replies = closed_book_replies(model, tokenizer, fmt, prompts, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size)
+    rows: list[dict[str, Any]] = []
+    for p, (text, truncated) in zip(prompts, replies, strict=True):
+        reply = _tidy(text, truncated)
+        if reply:
+            rows.append({"messages": [*build_messages(p, None), {"role": "assistant", "content": reply}],
+                         "meta": {"replay": True, "question": p}})
     return rows
