@@ -238,7 +238,9 @@ class _Runner:
                 qs = qs + await self._synthesize(retriever.all_chunks(), n_synth, dry_run)
             held_qs = holdout_questions(self.ws, qs)
             if self.teacher is not None and raft.paraphrases and not dry_run:
-                qs = qs + await self._rephrase(qs, held_qs, retriever)
+                from builder.generate.phrasings import rephrase
+
+                qs = qs + await rephrase(self, qs, held_qs, retriever)
             plan = plan_items(qs, retriever, raft, need_reference=self.teacher is None, limit=limit)
             check_no_heldout_collision(plan.items, [*qs, *held_qs])
             for k, v in plan.dropped.items():
@@ -341,12 +343,6 @@ class _Runner:
     def _progress_stop(self) -> None:
         self._progress_total = 0
 
-    # -- more phrasings from the teacher
-    async def _rephrase(self, qs: list[Question], held: list[Question], retriever: Any) -> list[Question]:
-        from builder.generate.phrasings import rephrase
-
-        return await rephrase(self, qs, held, retriever)
-
     async def ask_once(self, what: str, messages: list[dict[str, str]], schema: dict[str, Any], prompt_version: str,
                        max_tokens: int, tag: str) -> Any:
         """One structured teacher request under the concurrency limit and the budget; None when
@@ -401,7 +397,7 @@ class _Runner:
             for it in refusals:  # the reply is fixed: no teacher call
                 self._write_refusal(it, writers)
                 self._progress_advance()
-            closed = [it for it in items if it.extra.get("closed_book_of") and not it.extra.get("refusal")]
+            closed = [it for it in items if it.extra.get("closed_book_of")]
             items = [it for it in items if not it.extra.get("refusal") and not it.extra.get("closed_book_of")]
             if self.teacher is None:
                 for it in items:

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from builder.generate.plan import fact_of
 from builder.generate.questions import Question, is_self_contained, phrasing_key
 from rag.types import Chunk
 
@@ -90,7 +91,7 @@ def phrasings_from_reply(q: Question, data: dict[str, Any], n: int, taken: set[s
             return key
         return None
 
-    fact = str(q.extra.get("fact") or q.id)
+    fact = fact_of(q)
     for text in _strings(data.get("paraphrases"))[:n]:
         key = usable(text)
         if key is not None:

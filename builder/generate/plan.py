@@ -174,7 +174,7 @@ def _coin(seed: int, key: str) -> float:
     return item_rng(seed, key).random()
 
 
-def fact_of(q: Question) -> str:
+def fact_of(q: Question | RaftItem) -> str:
     """The fact a phrasing asks for: its item's id for a paraphrase, else its own."""
     return str(q.extra.get("fact") or q.id)
 
@@ -249,13 +249,13 @@ def check_no_heldout_collision(items: Sequence[RaftItem], questions: Sequence[Qu
             )
 
 
-def split_manifest(items: Sequence[RaftItem], raft: Any) -> dict[str, Any]:
+def split_manifest(items: Sequence[RaftItem], raft: RaftConfig) -> dict[str, Any]:
     """What the eval split holds out and why, for the summary and <corpus>.split.json."""
     rows = [it for it in items if not it.extra.get("closed_book_of")]
     facts: dict[str, set[str]] = {}
     for it in rows:
         if it.answer is not None:
-            facts.setdefault(str(it.extra.get("fact") or it.id), set()).add(it.split)
+            facts.setdefault(fact_of(it), set()).add(it.split)
     return {
         "eval_split": raft.eval_split, "eval_fraction": raft.eval_fraction, "seed": raft.seed,
         "closed_book_share": raft.closed_book,
