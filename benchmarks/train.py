@@ -11,7 +11,9 @@ Each measured run happens in its own subprocess (clean peak-memory numbers) thro
 
 Variants: ``gathered`` is the default trainer (the output layer runs on answer positions
 only, builder/train/loss.py); ``stock`` forces transformers' full-logits loss for comparison;
-``topN`` adds ``student.lora.top_layers = N``.
+``topN`` adds ``student.lora.top_layers = N``; ``topN-nocache`` also turns off the frozen-layer
+cache (``student.reuse_frozen_layers``, builder/train/frozen_cache.py), for comparison: the
+cache pays off from the second epoch, so compare them with ``--epochs 3``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def child(args: argparse.Namespace) -> None:
 
             loss_mod.supports_gathered_loss = lambda model: False  # the reference path, for comparison
         elif args.variant.startswith("top"):
-            ws.config.student.lora.top_layers = int(args.variant[3:])
+            ws.config.student.lora.top_layers = int(args.variant[3:].removesuffix("-nocache"))
+        if args.variant.endswith("-nocache"):
+            ws.config.student.reuse_frozen_layers = False
         peak_vram = None
         try:
             import torch
@@ -93,6 +97,7 @@ def child(args: argparse.Namespace) -> None:
             "torch_threads": torch.get_num_threads() if torch is not None else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_vram_mb": peak_vram, "final_loss": res.final_loss,
+            "frozen_layer_cache": report.get("frozen_layer_cache"),
         }))
 
 

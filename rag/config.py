@@ -165,6 +165,10 @@ class StudentConfig(Section):
         None, ge=1, description="With select_epoch: closed_book, stop after this many epochs without a better score "
                                 "(default: run every epoch).")
     select_max_questions: int = Field(64, ge=1, description="At most this many eval phrasings are scored per epoch.")
+    reuse_frozen_layers: bool = Field(
+        True, description="With lora.top_layers on a CPU: keep the frozen bottom layers' output per training row "
+                          "from the first epoch and skip those layers in later epochs (the same loss and "
+                          "gradients, fewer FLOPs). Uses up to 2 GB of RAM; false recomputes every epoch.")
     output_dir: str = Field(f"{STATE_DIR}/runs", description="Where checkpoints and adapters go.")
 
 

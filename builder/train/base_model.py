@@ -107,6 +107,21 @@ def build_packaged_base(family: Family) -> BaseModel:
     return BaseModel(id=family.hf_id, path=str(target), sha256=digest, source="packaged-gguf")
 
 
+def prepare_packaged(family_name: str = "smollm2") -> None:
+    """Build the packaged family's HF base folder now if it is missing (the installer calls this)."""
+    import sys
+    import time
+
+    from builder.families import get_family
+
+    family = get_family(family_name)
+    t0 = time.monotonic()
+    base = build_packaged_base(family)
+    took = time.monotonic() - t0
+    if took > 1.0:
+        print(f"[bootstrap] built the {family.name} base model folder in {took:.0f} s: {base.path}", file=sys.stderr)
+
+
 def _convert_gguf_to_hf(gguf: Path, target: Path, digest: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

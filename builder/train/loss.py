@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from builder.train.data import IGNORE
+from builder.train.frozen_cache import cache_of
 
 # Config attributes that change logits after the output projection in some architectures.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -55,7 +56,12 @@ def gathered_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     inner = _unwrap(model)
     decoder = inner.get_decoder()
     kwargs = {k: v for k, v in inputs.items() if k in ("attention_mask", "position_ids")}
-    hidden = decoder(input_ids=inputs["input_ids"], **kwargs).last_hidden_state
+    cache = cache_of(model) or cache_of(inner)
+    if cache is not None and model.training and torch.is_grad_enabled():
+        with cache.training_forward(inputs["input_ids"], inputs.get("attention_mask")):
+            hidden = decoder(input_ids=inputs["input_ids"], **kwargs).last_hidden_state
+    else:
+        hidden = decoder(input_ids=inputs["input_ids"], **kwargs).last_hidden_state
     labels = inputs["labels"][:, 1:]
     keep = labels != IGNORE
     selected = hidden[:, :-1][keep]

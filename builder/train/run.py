@@ -28,6 +28,7 @@ from builder.train.backends import (
     select_backend,
 )
 from builder.train.base_model import resolve_base
+from builder.train.frozen_cache import attach as attach_frozen_cache
 from builder.train.loss import make_trainer_class
 from builder.train.report import make_progress_callback, write_report
 from rag.config import Workspace
@@ -219,6 +220,8 @@ def run_train(
 
             replay = replay_rows(model, tokenizer, fmt, load_replay_prompts()[: hp["replay"]])
         enc_train = datamod.encode_rows([*train_ds.rows, *replay], tokenizer, fmt, hp["max_seq_len"])
+        frozen = attach_frozen_cache(model, st.reuse_frozen_layers and be.name == "hf", on_cuda=_cuda(),
+                                     attention_dropout=_attention_dropout(model))
         enc_eval = datamod.encode_rows(eval_ds.rows, tokenizer, fmt, hp["max_seq_len"]) if eval_ds else None
         tracker = _knowledge_tracker(ws, eval_ds, tokenizer, fmt)
         trainer = _make_trainer(be, model, tokenizer, enc_train, enc_eval, hp, run_dir, progress)
@@ -256,7 +259,10 @@ def run_train(
         "total_s_incl_load": round(seconds, 2),
         "tokens_per_s": round(tokens_per_s, 1), "eval_loss": eval_loss, "backend": be.name,
         "knowledge": ({**tracker.to_dict(), "restored_best": restored} if tracker is not None else None),
+        "frozen_layer_cache": frozen.to_dict() if frozen is not None else None,
     })
+    if frozen is not None:
+        frozen.remove()
     knowledge = report.get("knowledge")
     meta.update({"status": "done", "finished_at": utc_now(), "final_loss": report["final_train_loss"],
                  "knowledge": knowledge,
@@ -285,6 +291,13 @@ def _knowledge_tracker(ws: Workspace, eval_ds: datamod.Dataset | None, tokenizer
     if not probes:
         return None
     return KnowledgeTracker(probes, tokenizer, fmt)
+
+
+def _attention_dropout(model: Any) -> float:
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    value = getattr(cfg, "attention_dropout", 0.0)
+    return float(value) if isinstance(value, (int, float)) else 1.0
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:

@@ -8,7 +8,7 @@ the share of the base model's right answers that a tuned model still gets right.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,28 +48,27 @@ def probe_correct(prediction: str, answers: Sequence[str]) -> bool:
     return any(correct_match(prediction, a) for a in answers)
 
 
-def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = None,
-              progress: Progress | None = None, max_tokens: int = 24,
-              limit: int | None = None) -> dict[str, Any]:
-    """General questions closed book through each model: what tuning made the model forget.
+def probe_model(engine: Answerer, model: str, items: Sequence[ProbeItem], backend: str | None = None,
+                max_tokens: int = 24, on_item: Callable[[int], None] | None = None) -> dict[str, str]:
+    """One model's closed-book answers to the probe items, by item id."""
+    answers: dict[str, str] = {}
+    for i, it in enumerate(items, start=1):
+        if on_item is not None:
+            on_item(i)
+        res = engine.answer(it.question, model=model, backend=backend, rag=False, event="eval",
+                            max_tokens=max_tokens, extra={"probe_item": it.id})
+        answers[it.id] = res.answer
+    return answers
+
+
+def probe_summary(items: Sequence[ProbeItem], models: Sequence[str], answers: dict[str, dict[str, str]],
+                  max_tokens: int = 24) -> dict[str, Any]:
+    """Right answers per model and each tuned model's retention of what the base knew.
 
     ``retention`` of a model is the share of the base model's right answers that it still
     gets right (1.0 = nothing the base knew was lost); ``right`` counts each model's own.
     """
-    items = load_probe()[:limit] if limit else load_probe()
-    right: dict[str, set[str]] = {}
-    answers: dict[str, dict[str, str]] = {}
-    asked = 0
-    for model in models:
-        right[model], answers[model] = set(), {}
-        for i, it in enumerate(items, start=1):
-            asked += 1
-            emit(progress, asked, len(items) * len(models), f"{model} forgetting probe {i}/{len(items)}")
-            res = engine.answer(it.question, model=model, backend=backend, rag=False, event="eval",
-                                max_tokens=max_tokens, extra={"probe_item": it.id})
-            answers[model][it.id] = res.answer
-            if probe_correct(res.answer, it.answers):
-                right[model].add(it.id)
+    right = {m: {it.id for it in items if probe_correct(answers[m][it.id], it.answers)} for m in models}
     out: dict[str, Any] = {"n": len(items), "max_tokens": max_tokens,
                            "right": {m: len(r) for m, r in right.items()}, "retention": {}}
     base = right.get("base")
@@ -80,3 +79,17 @@ def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = Non
                     **{f"{m}_answer": answers[m][it.id] for m in models},
                     **{f"{m}_right": it.id in right[m] for m in models}} for it in items]
     return out
+
+
+def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = None,
+              progress: Progress | None = None, max_tokens: int = 24,
+              limit: int | None = None) -> dict[str, Any]:
+    """General questions closed book through each model, one model after the other."""
+    items = load_probe()[:limit] if limit else load_probe()
+    answers: dict[str, dict[str, str]] = {}
+    for k, model in enumerate(models):
+        def tick(i: int, k: int = k, model: str = model) -> None:
+            emit(progress, k * len(items) + i, len(items) * len(models), f"{model} forgetting probe {i}/{len(items)}")
+
+        answers[model] = probe_model(engine, model, items, backend, max_tokens, tick)
+    return probe_summary(items, models, answers, max_tokens)

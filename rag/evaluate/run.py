@@ -7,7 +7,9 @@ report (:mod:`rag.evaluate.report`). ``retrieval_recall`` measures retrieval alo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from rag.answer import Answerer
 from rag.config import Workspace
 from rag.errors import AuditError, ConfigError, RaftsmithError
 from rag.evaluate.metrics import contains_words, normalize, score_row, summarize
-from rag.evaluate.probe import run_probe
+from rag.evaluate.probe import load_probe, probe_model, probe_summary
 from rag.evaluate.questions import EvalItem, load_items
 from rag.evaluate.report import EvalReport, write_outputs
 from rag.progress import Progress, emit
@@ -76,12 +78,16 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),
              questions: Sequence[str | Path] | None = None, out_dir: str | Path | None = None, backend: str | None = None,
              limit: int | None = None, progress: Progress | None = None,
-             judge: bool = False, forgetting: bool = False, probe_limit: int | None = None) -> EvalReport:
+             judge: bool = False, forgetting: bool = False, probe_limit: int | None = None,
+             parallel: bool | None = None) -> EvalReport:
     """Every question through models x rag_modes; writes results.json, report.md/.html, chart.png.
 
     ``progress`` gets one event per question: (asked so far, questions x models x modes, label).
     ``forgetting``: also ask the packaged general-knowledge probe closed book (retention needs
-    'base' among the models).
+    'base' among the models). ``parallel``: ask the models at the same time, each on its share
+    of the cores (None: when every model runs in-process in llama.cpp and there are cores to
+    share; see :func:`_share_cores`). Answers are the same either way (greedy, fixed seed);
+    latencies are then those of a model on its share of the cores, and the summary says so.
     """
     items = load_items(ws, questions, limit)
     out = Path(out_dir) if out_dir else ws.state_dir / "eval" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -90,33 +96,39 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
     try:
         if any(rag_modes):
             attach_oracles(engine, items)
-        all_rows: list[dict[str, Any]] = []
-        asked, total = 0, len(items) * len(models) * len(rag_modes)
-        summary: list[dict[str, Any]] = []
-        for model in models:
-            ref, _ = engine.backend(model, backend)  # resolve (and load) before timing anything
+        refs = {m: engine.backend(m, backend) for m in models}  # resolve (and load) before timing anything
+        probe_items = (load_probe()[:probe_limit] if probe_limit else load_probe()) if forgetting else []
+        total = (len(items) * len(rag_modes) + len(probe_items)) * len(models)
+        ticks = _Ticker(progress, total)
+
+        def one_model(model: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+            rows = []
             for rag in rag_modes:
-                rows = []
                 for i, it in enumerate(items, start=1):
-                    asked += 1
-                    emit(progress, asked, total, f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
-                    try:
-                        res = engine.answer(it.question, model=model, backend=backend, rag=rag, event="eval",
-                                            extra={"eval_item": it.id})
-                    except AuditError:
-                        raise
-                    except RaftsmithError as err:  # one failing question is a row, not the end of the run
-                        rows.append({"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
-                                     "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
-                                     "retrieved": [], "error": str(err),
-                                     **({} if it.unanswerable else {"correct": False, "exact": False, "contains": False, "f1": 0.0})})
-                        continue
-                    rows.append(score_row(it, res))
-                for r in rows:
-                    r.update(model=model, model_label=ref.label, rag=rag)
-                all_rows += rows
-                summary.append(summarize(rows, model, rag) | {"model_label": ref.label, "digest": ref.digest})
-        probe = run_probe(engine, models, backend, progress, limit=probe_limit) if forgetting else None
+                    ticks(f"{model} {'rag' if rag else 'no-rag'} {i}/{len(items)}: {it.id}")
+                    rows.append(_ask(engine, it, model, backend, rag))
+            answers = probe_model(engine, model, probe_items, backend,
+                                  on_item=lambda i: ticks(f"{model} forgetting probe {i}/{len(probe_items)}"))
+            return rows, answers
+
+        threads = _share_cores([be for _, be in refs.values()]) if parallel is not False and len(models) > 1 else None
+        if threads is not None:
+            results = _run_side_by_side(one_model, list(models), [refs[m][1] for m in models], threads)
+        else:
+            results = [one_model(m) for m in models]
+        all_rows: list[dict[str, Any]] = []
+        summary: list[dict[str, Any]] = []
+        for model, (rows, _answers) in zip(models, results, strict=True):
+            ref = refs[model][0]
+            for rag in rag_modes:
+                cell = [r for r in rows if r["rag"] == rag]
+                for r in cell:
+                    r.update(model=model, model_label=ref.label)
+                all_rows += cell
+                summary.append(summarize(cell, model, rag) | {"model_label": ref.label, "digest": ref.digest,
+                                                             "threads_per_model": threads})
+        probe = (probe_summary(probe_items, models, {m: a for m, (_, a) in zip(models, results, strict=True)})
+                 if forgetting else None)
     finally:
         engine.close()
     if judge:
@@ -134,3 +146,57 @@ def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes
     report = EvalReport(out, summary, all_rows, probe)
     write_outputs(report, ws)
     return report
+
+
+def _ask(engine: Answerer, it: EvalItem, model: str, backend: str | None, rag: bool) -> dict[str, Any]:
+    try:
+        res = engine.answer(it.question, model=model, backend=backend, rag=rag, event="eval", extra={"eval_item": it.id})
+    except AuditError:
+        raise
+    except RaftsmithError as err:  # one failing question is a row, not the end of the run
+        return {"id": it.id, "question": it.question, "reference": it.answer, "unanswerable": it.unanswerable,
+                "answer": "", "raw": "", "refused": False, "latency_ms": 0.0, "cited": [], "oracle": it.oracle_chunk_ids,
+                "retrieved": [], "error": str(err), "rag": rag,
+                **({} if it.unanswerable else {"correct": False, "exact": False, "contains": False, "f1": 0.0})}
+    return score_row(it, res) | {"rag": rag}
+
+
+class _Ticker:
+    """Progress events counted across the threads that ask questions."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, label: str) -> None:
+        with self._lock:
+            self.done += 1
+            emit(self.progress, self.done, self.total, label)
+
+
+def _share_cores(backends: Sequence[Any]) -> int | None:
+    """Threads per model when the models can answer side by side, else None.
+
+    Token-by-token generation on a small model does not use two cores fully (1.36x on two
+    threads over one, benchmarks/threads.py), so two models on one core each get more done
+    than one model after the other on both. Only in-process llama.cpp models qualify (their
+    thread counts can be set per model), and only when every model gets a core of its own.
+    """
+    from rag.llm.llama_cpp_backend import physical_cores
+
+    if len(backends) < 2 or not all(callable(getattr(be, "threads", None)) for be in backends):
+        return None
+    if len({id(getattr(be, "_llm", be)) for be in backends}) < len(backends):
+        return None  # two names for one loaded model: it answers one question at a time anyway
+    per = physical_cores() // len(backends)
+    return per if per >= 1 else None
+
+
+def _run_side_by_side(fn: Any, models: list[str], backends: list[Any], threads: int) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with contextlib.ExitStack() as stack:
+        for be in backends:
+            stack.enter_context(be.threads(threads))
+        with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="eval") as pool:
+            return list(pool.map(fn, models))

@@ -138,6 +138,19 @@ class LlamaCppBackend:
         self.default_stop = list(stop)
         self._formatter: Any = None
 
+    @contextlib.contextmanager
+    def threads(self, n: int) -> Iterator[None]:
+        """Generate and process prompts on ``n`` threads inside the block (eval runs models side by side)."""
+        params = self._llm.context_params
+        before = (int(params.n_threads), int(params.n_threads_batch))
+        with self._lock:
+            self._llm._ctx.set_n_threads(n, n)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._llm._ctx.set_n_threads(*before)
+
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 

@@ -111,3 +111,44 @@ def test_eval_retrieval_takes_a_folder_of_question_files(tmp_path: Path) -> None
     (root / "empty").mkdir()
     bad = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "empty"), *cfg])
     assert bad.exit_code != 0 and "holds no *.yaml" in bad.output
+
+
+def test_models_answer_side_by_side_with_the_same_answers(tmp_path: Path) -> None:
+    """Parallel eval (each model on its share of the cores) gives exactly the sequential answers."""
+    import shutil
+
+    import llama_cpp
+    from _runtime_ws import add_fixture_export
+
+    from rag.config import load_workspace
+    from rag.evaluate import run_eval
+    from rag.llm.llama_cpp_backend import physical_cores
+    from rag.packaged import smollm2_gguf
+
+    if physical_cores() < 2:
+        pytest.skip("side-by-side eval needs two physical cores")
+    root = make_workspace(tmp_path / "ws")
+    d = add_fixture_export(root, smollm2_gguf())
+    # A real copy: "tuned" and "base" are then two loaded models (a symlink resolves to one).
+    (d / "model-q4_k_m.gguf").unlink()
+    shutil.copy(smollm2_gguf(), d / "model-q4_k_m.gguf")
+    (root / "q.yaml").write_text(QUESTIONS)
+    ws = load_workspace(root / "raftsmith.yaml")
+    runs = {}
+    for parallel in (False, True):
+        events: list[tuple[int, int, str]] = []
+        rep = run_eval(ws, models=["base", "tuned"], rag_modes=[True, False], questions=[root / "q.yaml"],
+                       out_dir=tmp_path / f"r{parallel}", forgetting=True, probe_limit=3, parallel=parallel,
+                       progress=lambda d, t, label, ev=events: ev.append((d, t, label)))
+        runs[parallel] = rep
+        assert [d for d, _, _ in events] == list(range(1, 2 * (3 * 2 + 3) + 1))  # one event per question
+        assert {r["threads_per_model"] for r in rep.summary} == ({1} if parallel else {None})
+    key = lambda r: (r["model"], r["rag"], r["id"])  # noqa: E731
+    seq = {key(r): r["raw"] for r in runs[False].rows}
+    par = {key(r): r["raw"] for r in runs[True].rows}
+    assert seq == par and len(seq) == 12
+    assert runs[False].probe["rows"] == runs[True].probe["rows"]
+    from rag.llm.llama_cpp_backend import _CACHE
+
+    for llm in _CACHE.values():  # the thread counts are given back after the run
+        assert llama_cpp.llama_n_threads(llm._ctx.ctx) == llm.context_params.n_threads
