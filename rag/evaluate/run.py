@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import threading
 import statistics
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
