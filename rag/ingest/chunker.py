@@ -330,11 +330,12 @@ class Chunker:
             units.extend(self._split_words(text, a, b))
 
     def _split_words(self, text: str, start: int, end: int) -> list[_Unit]:
-        """Greedy runs of whole words, each the longest that fits; a word that fits no chunk on
-        its own is cut by characters. Each run's end is found by a search over the word ends in
+        """Runs of whole words, each the longest that fits or filling 90% of the budget; a word
+        that fits no chunk on its own is cut by characters. Each run's end is found by a search over the word ends in
         one chunk's reach (a few token counts per run), so the cost is linear in the text."""
         units: list[_Unit] = []
         pos = start
+        aim = max(1, self._limit * 19 // 20)
         guess = self._limit * 4  # characters per run; learned from each run
         while True:
             first = _WORD.search(text, pos, end)
@@ -351,30 +352,33 @@ class Chunker:
                 pos = first.end()
                 continue
             units.append(_Unit(pos, ends[k], n, "para"))
-            guess = max(1, (ends[k] - pos) * self._limit // max(n, 1))
+            guess = max(1, (ends[k] - pos) * aim // max(n, 1))
             pos = ends[k]
 
     def _split_chars(self, text: str, start: int, end: int) -> list[_Unit]:
         """A word longer than a chunk (a base64 blob, 16 MB without a space) cut into pieces."""
         units: list[_Unit] = []
         pos = start
+        aim = max(1, self._limit * 19 // 20)
         guess = self._limit * 4
         while pos < end:
             cuts = range(pos + 1, min(end, pos + self.max_chars) + 1)
             k, n = self._longest_fit(text, pos, cuts, pos + guess)
             k, n = (k, n) if k >= 0 else (0, self.count(text[pos:pos + 1]))  # one char, whatever it costs
             units.append(_Unit(pos, cuts[k], n, "para"))
-            guess = max(1, (cuts[k] - pos) * self._limit // max(n, 1))
+            guess = max(1, (cuts[k] - pos) * aim // max(n, 1))
             pos = cuts[k]
         return units
 
     def _longest_fit(self, text: str, pos: int, ends: Sequence[int], target: int) -> tuple[int, int]:
-        """(index, tokens) of the last of the increasing ``ends`` with text[pos:end] within the
-        budget, or (-1, 0) when none is. Interpolates from the tokens per character seen, and
-        bisects once guesses stop closing in, so a run costs a few counts, not one per word."""
+        """(index, tokens) of one of the increasing ``ends`` with text[pos:end] within the budget
+        and either the last such or filling 90% of it; (-1, 0) when none fits. Interpolates from
+        the tokens per character seen (aiming at 95%), and bisects once guesses stop closing in,
+        so a run costs one or two counts, not one per word."""
         lo, lo_n, hi = -1, 0, len(ends)
         if hi == 0:
             return lo, lo_n
+        aim = max(1, self._limit * 19 // 20)
         k = min(max(bisect.bisect_left(ends, target), 0), hi - 1)
         for probe in range(64):
             n = self.count(text[pos:ends[k]])
@@ -382,10 +386,10 @@ class Chunker:
                 lo, lo_n = k, n
             else:
                 hi = k
-            if hi - lo <= 1:
+            if hi - lo <= 1 or lo_n * 10 >= self._limit * 9:
                 break
-            if probe < 3:  # interpolate: where the budget would end at this density
-                est = pos + (ends[k] - pos) * self._limit // max(n, 1)
+            if probe < 3:  # interpolate: where the aim would be reached at this density
+                est = pos + (ends[k] - pos) * aim // max(n, 1)
                 k = bisect.bisect_right(ends, est) - 1
                 k = min(max(k, lo + 1), hi - 1)
             else:
