@@ -51,7 +51,7 @@ def test_limits_follow_the_config() -> None:
 
 # --- PDF bombs --------------------------------------------------------------------------------
 def test_pdf_page_that_decodes_past_the_page_cap_is_skipped_before_parsing() -> None:
-    bomb = text_ops("The heron pump runs at 1450 rpm and more words here", repeat=40_000)  # ~3.4 MB decoded
+    bomb = text_ops("The heron pump runs at 1450 rpm and more words here", repeat=40_000)  # 3.3 MB decoded
     data = make_content_pdf([text_ops("A normal first page."), bomb])
     assert len(data) < 40_000  # a small file...
     with pytest.raises(SkipFile, match=r"PDF page 2 holds 3\.\d MB of drawing instructions .*corpus\.max_pdf_page_mb"):
