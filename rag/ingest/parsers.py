@@ -253,11 +253,35 @@ class _TextCapReached(Exception):
     """Raised from pypdf's text visitor to stop extraction the moment the cap is passed."""
 
 
-def _content_bytes(page: object) -> int:
-    """Decoded size of a page's content streams plus the form XObjects it can draw (one level;
-    pypdf bounds how often forms are invoked). Decoding is bounded by pypdf's own limits."""
-    from pypdf.generic import ContentStream
+def _flate_over(stream: object, limit: int) -> int | None:
+    """For a plain /FlateDecode stream: its decoded size when that passes ``limit``, found by
+    inflating at most ``limit + 1`` bytes (a 70 MB bomb costs 2 MB, not 70); else None."""
+    import zlib
 
+    filt = stream.get("/Filter")  # type: ignore[attr-defined]
+    raw = getattr(stream, "_data", None)
+    if filt != "/FlateDecode" or stream.get("/DecodeParms") is not None or not isinstance(raw, bytes):  # type: ignore[attr-defined]
+        return None
+    try:
+        out = zlib.decompressobj().decompress(raw, limit + 1)
+    except zlib.error:
+        return None  # damaged: pypdf's own reader decides
+    return len(out) if len(out) > limit else None
+
+
+def _content_bytes(page: object, limit: int) -> int:
+    """Decoded size of a page's content streams plus the form XObjects it can draw (one level;
+    pypdf bounds how often forms are invoked). A plain Flate stream past ``limit`` is caught
+    before it is decoded in full; other filters are decoded under pypdf's own limits."""
+    from pypdf.generic import ArrayObject, ContentStream
+
+    raw_contents = page.get("/Contents")  # type: ignore[attr-defined]
+    if raw_contents is not None:
+        obj = raw_contents.get_object()
+        for part in (obj if isinstance(obj, ArrayObject) else [obj]):
+            over = _flate_over(part.get_object(), limit)
+            if over is not None:
+                return over
     total = 0
     contents = page.get_contents()  # type: ignore[attr-defined]
     if contents is not None:
@@ -268,7 +292,8 @@ def _content_bytes(page: object) -> int:
         for ref in xobjects.get_object().values():
             xo = ref.get_object()
             if xo.get("/Subtype") == "/Form":
-                total += len(xo.get_data())
+                over = _flate_over(xo, limit)
+                total += over if over is not None else len(xo.get_data())
     return total
 
 
@@ -299,11 +324,11 @@ def parse_pdf(data: bytes, name: str = "", limits: TextLimits | None = None) -> 
         pages: list[tuple[int, str]] = []
         content = 0
         for i, page in enumerate(reader.pages, start=1):
-            size = _content_bytes(page)
+            size = _content_bytes(page, limits.max_page_bytes)
             if size > limits.max_page_bytes:
-                raise SkipFile(f"PDF page {i} holds {size / 1e6:.1f} MB of drawing instructions (over "
-                               f"corpus.max_pdf_page_mb = {limits.max_page_bytes / 1e6:g}): a decompression bomb "
-                               "or a huge drawing; raise corpus.max_pdf_page_mb if the file is genuine")
+                raise SkipFile(f"PDF page {i} holds over {limits.max_page_bytes / 1e6:g} MB of drawing instructions "
+                               "(corpus.max_pdf_page_mb): a decompression bomb or a huge drawing; raise "
+                               "corpus.max_pdf_page_mb if the file is genuine")
             content += size
             if content > limits.max_content_bytes:
                 raise SkipFile(f"PDF pages 1-{i} hold over {limits.max_content_bytes / 1e6:g} MB of drawing "
