@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"  # 3: word runs fill 90%, chunks span <= 32 chars per token, headings <= 300 chars
 
 
 @dataclass
