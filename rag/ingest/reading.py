@@ -21,8 +21,8 @@ _KIND = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (s
 
 
 def _not_regular(mode: int) -> SkipFile:
-    what = next((name for test, name in _KIND if test(mode)), "not a regular file")
-    return SkipFile(f"not a regular file ({what}); only regular files are ingested")
+    what = next((name for test, name in _KIND if test(mode)), None)
+    return SkipFile(f"not a regular file{' but ' + what if what else ''}; only regular files are ingested")
 
 
 def too_large(size: int, max_bytes: int) -> SkipFile:

@@ -83,7 +83,7 @@ def test_bombs_are_skipped_and_the_index_stays_consistent(tmp_path: Path) -> Non
     assert by["long.pdf"].status == "skipped" and "0.05 million characters" in (by["long.pdf"].reason or "")
     assert by["manual.txt"].status == "skipped" and "corpus.max_text_ratio" in (by["manual.txt"].reason or "")
     assert (by["pipe.md"].status, by["pipe.md"].reason) == (
-        "skipped", "not a regular file (a FIFO (named pipe)); only regular files are ingested")
+        "skipped", "not a regular file but a FIFO (named pipe); only regular files are ingested")
     assert by["late_binary.txt"].status == "skipped"
     assert by["late_binary.txt"].reason == "binary file (not text): binary data from byte 8192"
     assert (by["badbyte.md"].status, by["badbyte.md"].reason) == ("ok", "1 invalid UTF-8 byte sequence replaced with U+FFFD")
