@@ -42,6 +42,16 @@ class CorpusConfig(Section):
     name: str = Field("corpus", description="Name used for training data and exports.")
     paths: list[str] = Field(default_factory=lambda: ["docs"], description="Folders, files or URLs to ingest (relative to the workspace).")
     max_file_mb: float = Field(20.0, gt=0, description="Files larger than this are skipped.")
+    max_text_ratio: float = Field(
+        1.0, gt=0, le=100,
+        description="Most text one file may yield, in millions of characters per max_file_mb (1.0 with max_file_mb 20: "
+                    "20 million). A file that expands past it (a PDF decompression bomb) is skipped with the reason; "
+                    "PDF extraction stops as soon as it is reached, and a PDF's pages may decode to at most 4 times "
+                    "as many bytes of drawing instructions.")
+    max_pdf_page_mb: float = Field(
+        2.0, gt=0,
+        description="Most decoded drawing instructions one PDF page may hold (MB). Text pages hold kilobytes; a "
+                    "page past this (a decompression bomb, a huge vector drawing) skips the file before pypdf parses it.")
     chunk_tokens: int = Field(256, ge=32, le=8192, description="Token budget per chunk (embedding tokenizer).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared between neighbouring chunks of one section.")
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)

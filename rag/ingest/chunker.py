@@ -6,6 +6,12 @@ chunks of at most ``budget`` tokens, counted with the embedding model's tokenize
 ``count(text) -> int`` works, so tests can use a word counter). Chunks never cross a heading;
 code blocks and tables stay whole when they fit; prose neighbours share ``overlap`` tokens.
 Chunk ids are sha256(source + UTF-8 byte span of the parsed text): stable across runs.
+
+Linear in the input: hostile shapes (one 16 MB line, thousands of PDF pages, a huge run of
+blank lines or a word with no spaces) never make a pass re-scan the text. A piece longer
+than ``MAX_CHARS_PER_TOKEN`` x budget characters is split before it is tokenized, word
+splits find each chunk's end with a few token counts (not one per word), and no chunk spans
+more than that many characters, whatever the tokenizer says.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rag.ingest.parsers import ParsedDoc
@@ -21,11 +27,16 @@ from rag.ingest.parsers import ParsedDoc
 CountFn = Callable[[str], int]
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*)$")  # closing #s stripped in _atx_title (no backtracking)
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _RST_ADORN = re.compile(r"^([=\-`:'\"~^_*+#<>.])\1{2,}\s*$")
 _TXT_NUMBERED = re.compile(r"^(\d+(?:\.\d+)*)\.?\s+\S")
 _SENTENCE = re.compile(r"(?<=[.!?:;])\s+(?=\S)|\n")
+_NEWLINE = re.compile(r"\n")
+_WORD = re.compile(r"\S+")
+_NOT_SPACE = re.compile(r"\S")
+MAX_HEADING_CHARS = 300  # a longer line is text, never a heading (it would ride along with every chunk)
+MAX_CHARS_PER_TOKEN = 32  # chunks span at most budget x this many characters
 
 
 @dataclass
@@ -87,12 +98,13 @@ def _md_blocks(lines: list[str], lo: int, hi: int, setext: bool = True) -> list[
             blocks.append(Block("code", i, min(j + 1, hi)))
             i = j + 1
             continue
-        atx = _ATX.match(line)
+        atx = _ATX.match(line) if len(line) <= MAX_HEADING_CHARS else None
         if atx:
-            blocks.append(Block("heading", i, i + 1, len(atx.group(1)), atx.group(2).strip()))
+            blocks.append(Block("heading", i, i + 1, len(atx.group(1)), _atx_title(atx.group(2))))
             i += 1
             continue
-        if setext and i + 1 < hi and _SETEXT.match(lines[i + 1]) and not line.lstrip().startswith(("|", "-", "*")):
+        if setext and i + 1 < hi and len(line) <= MAX_HEADING_CHARS and _SETEXT.match(lines[i + 1]) \
+                and not line.lstrip().startswith(("|", "-", "*")):
             level = 1 if lines[i + 1].strip().startswith("=") else 2
             blocks.append(Block("heading", i, i + 2, level, line.strip()))
             i += 2
@@ -105,15 +117,25 @@ def _md_blocks(lines: list[str], lo: int, hi: int, setext: bool = True) -> list[
             i = j
             continue
         j = i
-        while j < hi and lines[j].strip() and not _FENCE.match(lines[j]) and not (j > i and _ATX.match(lines[j])):
+        while j < hi and lines[j].strip() and not _FENCE.match(lines[j]) and not (j > i and _is_atx(lines[j])):
             if j > i and lines[j].lstrip().startswith("|") and not lines[j - 1].lstrip().startswith("|"):
                 break
-            if setext and j + 1 < hi and j > i and _SETEXT.match(lines[j + 1]) and lines[j + 1].strip().startswith("="):
+            if setext and j + 1 < hi and j > i and len(lines[j]) <= MAX_HEADING_CHARS and _SETEXT.match(lines[j + 1]) \
+                    and lines[j + 1].strip().startswith("="):
                 break
             j += 1
         blocks.append(Block("para", i, j))
         i = j
     return blocks
+
+
+def _atx_title(rest: str) -> str:
+    """Title of an ATX heading: the optional closing run of '#' and the spaces around it go."""
+    return rest.rstrip(" \t").rstrip("#").rstrip(" \t").strip()
+
+
+def _is_atx(line: str) -> bool:
+    return len(line) <= MAX_HEADING_CHARS and _ATX.match(line) is not None
 
 
 def _rst_blocks(lines: list[str]) -> list[Block]:
@@ -133,12 +155,12 @@ def _rst_blocks(lines: list[str]) -> list[Block]:
             i += 1
             continue
         # overline + title + underline
-        if _RST_ADORN.match(line) and i + 2 < n and lines[i + 1].strip() and _RST_ADORN.match(lines[i + 2]) \
-                and lines[i + 2].strip()[0] == line.strip()[0]:
+        if _RST_ADORN.match(line) and i + 2 < n and lines[i + 1].strip() and len(lines[i + 1]) <= MAX_HEADING_CHARS \
+                and _RST_ADORN.match(lines[i + 2]) and lines[i + 2].strip()[0] == line.strip()[0]:
             blocks.append(Block("heading", i, i + 3, level_of((line.strip()[0], True)), lines[i + 1].strip()))
             i += 3
             continue
-        if i + 1 < n and not line.startswith((" ", "\t")) and _RST_ADORN.match(lines[i + 1]) \
+        if i + 1 < n and not line.startswith((" ", "\t")) and len(line) <= MAX_HEADING_CHARS and _RST_ADORN.match(lines[i + 1]) \
                 and len(lines[i + 1].strip()) >= len(line.strip()) and not _RST_ADORN.match(line):
             blocks.append(Block("heading", i, i + 2, level_of((lines[i + 1].strip()[0], False)), line.strip()))
             i += 2
@@ -176,9 +198,9 @@ def _txt_blocks(lines: list[str]) -> list[Block]:
     out: list[Block] = []
     for b in _md_blocks(lines, 0, len(lines), setext=True):
         first = lines[b.start]
-        stripped = first.strip()
-        caps = any(c.isalpha() for c in stripped) and stripped.upper() == stripped
-        if b.kind == "para" and caps and len(stripped) <= 80 and not first.startswith((" ", "\t")):
+        stripped = first.strip() if len(first) <= MAX_HEADING_CHARS else ""
+        caps = len(stripped) <= 80 and any(c.isalpha() for c in stripped) and stripped.upper() == stripped
+        if b.kind == "para" and caps and not first.startswith((" ", "\t")):
             m = _TXT_NUMBERED.match(stripped)
             level = 1 + len(m.group(1).split(".")) if m else 1
             out.append(Block("heading", b.start, b.start + 1, level, stripped))
@@ -190,6 +212,14 @@ def _txt_blocks(lines: list[str]) -> list[Block]:
 
 
 # --- splitting and packing -------------------------------------------------------------------
+def line_starts_of(lines: list[str]) -> list[int]:
+    """Character offset of each line of ``"\\n".join(lines)``."""
+    starts = [0]
+    for ln in lines[:-1]:
+        starts.append(starts[-1] + len(ln) + 1)
+    return starts
+
+
 class Chunker:
     def __init__(self, count: CountFn, budget: int = 256, overlap: int = 32, reserve_heading: bool = False):
         """``reserve_heading``: the heading path is embedded with each chunk, so its tokens come
@@ -200,6 +230,7 @@ class Chunker:
         self.budget = budget
         self.reserve_heading = reserve_heading
         self._limit = budget
+        self.max_chars = budget * MAX_CHARS_PER_TOKEN
         self.overlap = max(0, min(overlap, budget // 2))
 
     def chunk(self, doc: ParsedDoc, source: str) -> list[ChunkSpec]:
@@ -213,9 +244,8 @@ class Chunker:
             blocks = _rst_blocks(lines)
         else:
             blocks = _txt_blocks(lines)
-        line_starts = [0]
-        for ln in lines[:-1]:
-            line_starts.append(line_starts[-1] + len(ln) + 1)
+        line_starts = line_starts_of(lines)
+        del lines
         specs: list[ChunkSpec] = []
         stack: list[tuple[int, str]] = []
         section: list[Block] = []
@@ -234,18 +264,18 @@ class Chunker:
                 stack.append((b.level, _clean_title(b.title)))
             section.append(b)
         flush()
-        return _finish(specs, text, source)
+        return _finish(specs, text, source, line_starts)
 
     def _chunk_pdf(self, doc: ParsedDoc, source: str) -> list[ChunkSpec]:
+        """Each page is packed on its own (no chunk crosses a page); the text is split into
+        lines once for the whole document and each page is located from the previous one."""
         specs: list[ChunkSpec] = []
         offset = 0
         text = doc.text
+        lines = text.split("\n")
+        line_starts = line_starts_of(lines)
         for page_no, page_text in doc.pages:
-            start = text.index(page_text, offset)
-            lines = text.split("\n")
-            line_starts = [0]
-            for ln in lines[:-1]:
-                line_starts.append(line_starts[-1] + len(ln) + 1)
+            start = offset if text.startswith(page_text, offset) else text.index(page_text, offset)
             lo = bisect.bisect_right(line_starts, start) - 1
             hi = bisect.bisect_right(line_starts, start + len(page_text) - 1)
             blocks = _md_blocks(lines, lo, hi, setext=False)
@@ -254,15 +284,24 @@ class Chunker:
                 s.start_line = s.end_line = page_no
                 specs.append(s)
             offset = start + len(page_text)
-        return _finish(specs, text, source)
+        return _finish(specs, text, source, line_starts)
+
+    def _fit(self, text: str, start: int, end: int) -> int | None:
+        """Tokens of text[start:end] when it fits one chunk (budget and characters), else None.
+        Text over the character bound is never tokenized: it is split first."""
+        if end - start > self.max_chars:
+            return None
+        n = self.count(text[start:end])
+        return n if n <= self._limit else None
 
     def _units(self, text: str, line_starts: list[int], blocks: list[Block]) -> list[_Unit]:
         units: list[_Unit] = []
+        last = len(line_starts) - 1
         for b in blocks:
             start = line_starts[b.start]
-            end = line_starts[b.end - 1] + len(text[line_starts[b.end - 1]:].split("\n", 1)[0])
-            n = self.count(text[start:end])
-            if n <= self._limit:
+            end = line_starts[b.end] - 1 if b.end <= last else len(text)  # end of line b.end - 1
+            n = self._fit(text, start, end)
+            if n is not None:
                 units.append(_Unit(start, end, n, b.kind))
             else:
                 units.extend(self._split(text, start, end, b.kind))
@@ -270,38 +309,92 @@ class Chunker:
 
     def _split(self, text: str, start: int, end: int, kind: str) -> list[_Unit]:
         """Pieces of an oversized block: lines for code/tables, sentences for prose, then words."""
-        sep = re.compile(r"\n") if kind in ("code", "table") else _SENTENCE
-        pieces: list[tuple[int, int]] = []
+        sep = _NEWLINE if kind in ("code", "table") else _SENTENCE
+        units: list[_Unit] = []
         pos = start
         for m in sep.finditer(text, start, end):
             if m.start() > pos:
-                pieces.append((pos, m.start()))
+                self._piece(text, pos, m.start(), units)
             pos = m.end()
         if pos < end:
-            pieces.append((pos, end))
-        units: list[_Unit] = []
-        for a, b in pieces:
-            if not text[a:b].strip():
-                continue
-            n = self.count(text[a:b])
-            if n <= self._limit:
-                units.append(_Unit(a, b, n, "para"))
-            else:
-                units.extend(self._split_words(text, a, b))
+            self._piece(text, pos, end, units)
         return units
 
+    def _piece(self, text: str, a: int, b: int, units: list[_Unit]) -> None:
+        if _NOT_SPACE.search(text, a, b) is None:
+            return
+        n = self._fit(text, a, b)
+        if n is not None:
+            units.append(_Unit(a, b, n, "para"))
+        else:
+            units.extend(self._split_words(text, a, b))
+
     def _split_words(self, text: str, start: int, end: int) -> list[_Unit]:
-        words = [(m.start(), m.end(), self.count(m.group())) for m in re.finditer(r"\S+", text[start:end])]
+        """Runs of whole words, each the longest that fits or filling 90% of the budget; a word
+        that fits no chunk on its own is cut by characters. Each run's end is found by a search over the word ends in
+        one chunk's reach (a few token counts per run), so the cost is linear in the text."""
         units: list[_Unit] = []
-        i = 0
-        while i < len(words):
-            total, j = 0, i
-            while j < len(words) and (total + words[j][2] <= self._limit or j == i):
-                total += words[j][2]
-                j += 1
-            units.append(_Unit(start + words[i][0], start + words[j - 1][1], total, "para"))
-            i = j
+        pos = start
+        aim = max(1, self._limit * 19 // 20)
+        guess = self._limit * 4  # characters per run; learned from each run
+        while True:
+            first = _WORD.search(text, pos, end)
+            if first is None:
+                return units
+            pos = first.start()
+            reach = min(end, pos + self.max_chars)
+            ends = [m.end() for m in _WORD.finditer(text, pos, reach)]
+            if ends and ends[-1] == reach and reach < end and not text[reach].isspace():
+                ends.pop()  # that word runs past the reach
+            k, n = self._longest_fit(text, pos, ends, pos + guess)
+            if k < 0:  # the first word alone does not fit
+                units.extend(self._split_chars(text, pos, first.end()))
+                pos = first.end()
+                continue
+            units.append(_Unit(pos, ends[k], n, "para"))
+            guess = max(1, (ends[k] - pos) * aim // max(n, 1))
+            pos = ends[k]
+
+    def _split_chars(self, text: str, start: int, end: int) -> list[_Unit]:
+        """A word longer than a chunk (a base64 blob, 16 MB without a space) cut into pieces."""
+        units: list[_Unit] = []
+        pos = start
+        aim = max(1, self._limit * 19 // 20)
+        guess = self._limit * 4
+        while pos < end:
+            cuts = range(pos + 1, min(end, pos + self.max_chars) + 1)
+            k, n = self._longest_fit(text, pos, cuts, pos + guess)
+            k, n = (k, n) if k >= 0 else (0, self.count(text[pos:pos + 1]))  # one char, whatever it costs
+            units.append(_Unit(pos, cuts[k], n, "para"))
+            guess = max(1, (cuts[k] - pos) * aim // max(n, 1))
+            pos = cuts[k]
         return units
+
+    def _longest_fit(self, text: str, pos: int, ends: Sequence[int], target: int) -> tuple[int, int]:
+        """(index, tokens) of one of the increasing ``ends`` with text[pos:end] within the budget
+        and either the last such or filling 90% of it; (-1, 0) when none fits. Interpolates from
+        the tokens per character seen (aiming at 95%), and bisects once guesses stop closing in,
+        so a run costs one or two counts, not one per word."""
+        lo, lo_n, hi = -1, 0, len(ends)
+        if hi == 0:
+            return lo, lo_n
+        aim = max(1, self._limit * 19 // 20)
+        k = min(max(bisect.bisect_left(ends, target), 0), hi - 1)
+        for probe in range(64):
+            n = self.count(text[pos:ends[k]])
+            if n <= self._limit:
+                lo, lo_n = k, n
+            else:
+                hi = k
+            if hi - lo <= 1 or lo_n * 10 >= self._limit * 9:
+                break
+            if probe < 3:  # interpolate: where the aim would be reached at this density
+                est = pos + (ends[k] - pos) * aim // max(n, 1)
+                k = bisect.bisect_right(ends, est) - 1
+                k = min(max(k, lo + 1), hi - 1)
+            else:
+                k = (lo + hi) // 2
+        return lo, lo_n
 
     def _pack(self, text: str, line_starts: list[int], blocks: list[Block], heading: str, source: str,
               page: int | None) -> list[ChunkSpec]:
@@ -313,13 +406,13 @@ class Chunker:
         cur: list[_Unit] = []
         total = 0
         for u in units:
-            if cur and total + u.tokens > self._limit:
+            if cur and (total + u.tokens > self._limit or u.end - cur[0].start > self.max_chars):
                 groups.append(cur)
                 carry: list[_Unit] = []
                 carried = 0
                 for prev in reversed(cur):
                     if prev.kind != "para" or carried + prev.tokens > self.overlap or \
-                            carried + prev.tokens + u.tokens > self._limit:
+                            carried + prev.tokens + u.tokens > self._limit or u.end - prev.start > self.max_chars:
                         break
                     carry.insert(0, prev)
                     carried += prev.tokens
@@ -341,20 +434,22 @@ def _clean_title(title: str) -> str:
     return re.sub(r"[*_]{1,2}([^*_]+)[*_]{1,2}", r"\1", t).strip()
 
 
-def _finish(specs: list[ChunkSpec], text: str, source: str) -> list[ChunkSpec]:
-    """Fill byte spans, line numbers and ids."""
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-    line_bytes = [0]
-    for a, b in zip(line_starts, line_starts[1:], strict=False):
-        line_bytes.append(line_bytes[-1] + len(text[a:b].encode("utf-8")))
-
-    def byte_at(ch: int) -> int:
-        li = bisect.bisect_right(line_starts, ch) - 1
-        return line_bytes[li] + len(text[line_starts[li]:ch].encode("utf-8"))
-
+def _finish(specs: list[ChunkSpec], text: str, source: str, line_starts: list[int]) -> list[ChunkSpec]:
+    """Fill byte spans, line numbers and ids, in one pass over the text: the UTF-8 length of
+    each stretch between consecutive chunk boundaries is added up, never re-encoded from the
+    start of a line (a single 16 MB line would make that quadratic)."""
+    byte_of: dict[int, int] = {}
+    if text.isascii():
+        byte_of = {o: o for s in specs for o in (s.start_char, s.end_char)}
+    else:
+        prev_c = prev_b = 0
+        for o in sorted({o for s in specs for o in (s.start_char, s.end_char)}):
+            prev_b += len(text[prev_c:o].encode("utf-8"))
+            prev_c = o
+            byte_of[o] = prev_b
     for s in specs:
-        s.byte_start = byte_at(s.start_char)
-        s.byte_end = byte_at(s.end_char)
+        s.byte_start = byte_of[s.start_char]
+        s.byte_end = byte_of[s.end_char]
         if s.page is None:
             s.start_line = bisect.bisect_right(line_starts, s.start_char)
             s.end_line = bisect.bisect_right(line_starts, max(s.start_char, s.end_char - 1))

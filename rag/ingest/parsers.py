@@ -3,6 +3,11 @@
 Every parser returns a :class:`ParsedDoc`; anything a person can fix (encrypted PDF, binary
 file, too large) raises :class:`SkipFile` (not an error: reported as skipped with a reason)
 or :class:`IngestError` (reported as an error with the reason).
+
+Hostile input is bounded by :class:`TextLimits`: text past ``max_text_chars`` skips the file
+(a PDF stops extracting as soon as it gets there), and a PDF page whose drawing instructions
+decode past ``max_page_bytes``, or a file whose pages together pass ``max_content_bytes``,
+is skipped before pypdf parses them (its text extraction is slow on huge content streams).
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.errors import IngestError
+
+if TYPE_CHECKING:
+    from rag.config import CorpusConfig
 
 KINDS: dict[str, str] = {
     ".md": "markdown", ".markdown": "markdown", ".mdx": "markdown",
@@ -22,10 +31,32 @@ KINDS: dict[str, str] = {
     ".pdf": "pdf",
 }
 _BINARY_SNIFF = 8192
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))
+_UTF8_REPLACEMENT = "\ufffd".encode()
 
 
 class SkipFile(Exception):
     """This file is deliberately not indexed; ``str(err)`` is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """Per-file bounds on what parsing may produce; ``for_corpus`` derives them from the config."""
+
+    max_text_chars: int = 20_000_000
+    max_page_bytes: int = 2_000_000
+    max_content_bytes: int = 80_000_000
+
+    @classmethod
+    def for_corpus(cls, corpus: CorpusConfig) -> TextLimits:
+        text = int(corpus.max_text_ratio * corpus.max_file_mb * 1_000_000)
+        return cls(max_text_chars=text, max_page_bytes=int(corpus.max_pdf_page_mb * 1_000_000),
+                   max_content_bytes=4 * text)
+
+    def too_much_text(self, what: str) -> SkipFile:
+        return SkipFile(f"{what} yields more than {self.max_text_chars / 1e6:g} million characters of text "
+                        "(corpus.max_text_ratio x corpus.max_file_mb); split the document, or raise "
+                        "corpus.max_text_ratio if it is genuine")
 
 
 @dataclass
@@ -40,6 +71,7 @@ class ParsedDoc:
     title: str = ""
     pages: list[tuple[int, str]] = field(default_factory=list)
     encoding: str = "utf-8"
+    warnings: list[str] = field(default_factory=list)  # indexed anyway, but the user should know
 
 
 def kind_for(path: str | Path, content_type: str | None = None) -> str | None:
@@ -53,52 +85,82 @@ def kind_for(path: str | Path, content_type: str | None = None) -> str | None:
     return None
 
 
+def binary_offset(data: bytes) -> int | None:
+    """Where binary data starts, by 8 KiB windows over the whole file: the first window with a
+    NUL byte or more than 10% control characters. None for text. Every window is looked at,
+    so text with an archive or image appended after its first 8 KiB is caught too."""
+    for start in range(0, len(data), _BINARY_SNIFF):
+        window = data[start:start + _BINARY_SNIFF]
+        if b"\x00" in window:
+            return start
+        controls = len(window) - len(window.translate(None, _CONTROL_BYTES))
+        if controls / len(window) > 0.10:
+            return start
+    return None
+
+
 def looks_binary(data: bytes) -> bool:
-    """NUL bytes or mostly control characters in the first 8 KiB (after any UTF-16 BOM check)."""
-    head = data[:_BINARY_SNIFF]
-    if not head:
-        return False
-    if b"\x00" in head:
-        return True
-    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
-    return controls / len(head) > 0.10
+    """NUL bytes or mostly control characters in any 8 KiB window of ``data``."""
+    return binary_offset(data) is not None
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
     """(text, encoding): UTF-8 (BOM optional), UTF-16 with BOM, else Latin-1. Binary -> SkipFile."""
+    text, enc, _ = decode_text_counted(data)
+    return text, enc
+
+
+def decode_text_counted(data: bytes) -> tuple[str, str, int]:
+    """(text, encoding, invalid UTF-8 sequences replaced). UTF-8 text with a few bad bytes stays
+    UTF-8 (each bad sequence becomes U+FFFD and is counted); only text with no valid UTF-8
+    beyond ASCII and more than that many bad bytes is read as Latin-1 (a legacy 8-bit file)."""
     if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="replace"), "utf-8-sig"
+        text = data[3:].decode("utf-8", errors="replace")
+        return text, "utf-8-sig", text.count("\ufffd") - data.count(_UTF8_REPLACEMENT)
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
-            return data.decode("utf-16"), "utf-16"
+            return data.decode("utf-16"), "utf-16", 0
         except UnicodeDecodeError:
             raise SkipFile("starts with a UTF-16 byte-order mark but is not valid UTF-16") from None
-    if looks_binary(data):
-        raise SkipFile("binary file (not text)")
+    at = binary_offset(data)
+    if at is not None:
+        raise SkipFile("binary file (not text)" if at == 0 else f"binary file (not text): binary data from byte {at}")
     try:
-        return data.decode("utf-8"), "utf-8"
+        return data.decode("utf-8"), "utf-8", 0
     except UnicodeDecodeError:
-        return data.decode("latin-1"), "latin-1"
+        pass
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count(_UTF8_REPLACEMENT)
+    non_ascii = len(text) - len(text.encode("ascii", errors="ignore")) - text.count("\ufffd")
+    if non_ascii >= bad:  # real UTF-8 with a few bad bytes: Latin-1 would garble all of it
+        return text, "utf-8", bad
+    return data.decode("latin-1"), "latin-1", 0
 
 
 def _normalize(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def parse_bytes(data: bytes, kind: str, name: str = "") -> ParsedDoc:
+def parse_bytes(data: bytes, kind: str, name: str = "", limits: TextLimits | None = None) -> ParsedDoc:
+    limits = limits or TextLimits()
     if not data.strip():
         raise SkipFile("empty file")
     if kind == "pdf":
-        return parse_pdf(data, name)
-    text, enc = decode_text(data)
+        return parse_pdf(data, name, limits)
+    text, enc, bad = decode_text_counted(data)
     text = _normalize(text)
     if kind == "html":
         doc = parse_html(text)
         doc.encoding = enc
-        return doc
-    if not text.strip():
+    elif not text.strip():
         raise SkipFile("no text")
-    return ParsedDoc(text=text, kind=kind, encoding=enc)
+    else:
+        doc = ParsedDoc(text=text, kind=kind, encoding=enc)
+    if len(doc.text) > limits.max_text_chars:
+        raise limits.too_much_text("the file")
+    if bad:
+        doc.warnings.append(f"{bad} invalid UTF-8 byte sequence{'s' if bad > 1 else ''} replaced with U+FFFD")
+    return doc
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -187,9 +249,68 @@ def parse_html(html: str) -> ParsedDoc:
 
 
 # --- PDF ------------------------------------------------------------------------------------
-def parse_pdf(data: bytes, name: str = "") -> ParsedDoc:
+class _TextCapReached(Exception):
+    """Raised from pypdf's text visitor to stop extraction the moment the cap is passed."""
+
+
+def _flate_over(stream: object, limit: int) -> int | None:
+    """For a plain /FlateDecode stream: its decoded size when that passes ``limit``, found by
+    inflating at most ``limit + 1`` bytes (a 70 MB bomb costs 2 MB, not 70); else None."""
+    import zlib
+
+    filt = stream.get("/Filter")  # type: ignore[attr-defined]
+    raw = getattr(stream, "_data", None)
+    if filt != "/FlateDecode" or stream.get("/DecodeParms") is not None or not isinstance(raw, bytes):  # type: ignore[attr-defined]
+        return None
+    try:
+        out = zlib.decompressobj().decompress(raw, limit + 1)
+    except zlib.error:
+        return None  # damaged: pypdf's own reader decides
+    return len(out) if len(out) > limit else None
+
+
+def _content_bytes(page: object, limit: int) -> int:
+    """Decoded size of a page's content streams plus the form XObjects it can draw (one level;
+    pypdf bounds how often forms are invoked). A plain Flate stream past ``limit`` is caught
+    before it is decoded in full; other filters are decoded under pypdf's own limits."""
+    from pypdf.generic import ArrayObject, ContentStream
+
+    raw_contents = page.get("/Contents")  # type: ignore[attr-defined]
+    if raw_contents is not None:
+        obj = raw_contents.get_object()
+        for part in (obj if isinstance(obj, ArrayObject) else [obj]):
+            over = _flate_over(part.get_object(), limit)
+            if over is not None:
+                return over
+    total = 0
+    contents = page.get_contents()  # type: ignore[attr-defined]
+    if contents is not None:
+        total += len(contents.get_data() if isinstance(contents, ContentStream) else contents.get_object().get_data())
+    resources = page.get("/Resources")  # type: ignore[attr-defined]
+    xobjects = resources.get_object().get("/XObject") if resources is not None else None
+    if xobjects is not None:
+        for ref in xobjects.get_object().values():
+            xo = ref.get_object()
+            if xo.get("/Subtype") == "/Form":
+                over = _flate_over(xo, limit)
+                total += over if over is not None else len(xo.get_data())
+    return total
+
+
+def parse_pdf(data: bytes, name: str = "", limits: TextLimits | None = None) -> ParsedDoc:
+    """Pages with text, extracted one at a time within ``limits``: a page is measured before
+    pypdf parses it, and extraction stops inside a page once the file's text cap is passed."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import LimitReachedError, PdfReadError
+
+    limits = limits or TextLimits()
+    chars = 0
+
+    def visit(text: str, *_: object) -> None:
+        nonlocal chars
+        chars += len(text)
+        if chars > limits.max_text_chars:
+            raise _TextCapReached
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -201,17 +322,33 @@ def parse_pdf(data: bytes, name: str = "") -> ParsedDoc:
             if not opened:
                 raise IngestError("encrypted PDF with a password; decrypt it first (e.g. qpdf --decrypt IN OUT)")
         pages: list[tuple[int, str]] = []
+        content = 0
         for i, page in enumerate(reader.pages, start=1):
-            text = _normalize(page.extract_text() or "")
+            size = _content_bytes(page, limits.max_page_bytes)
+            if size > limits.max_page_bytes:
+                raise SkipFile(f"PDF page {i} holds over {limits.max_page_bytes / 1e6:g} MB of drawing instructions "
+                               "(corpus.max_pdf_page_mb): a decompression bomb or a huge drawing; raise "
+                               "corpus.max_pdf_page_mb if the file is genuine")
+            content += size
+            if content > limits.max_content_bytes:
+                raise SkipFile(f"PDF pages 1-{i} hold over {limits.max_content_bytes / 1e6:g} MB of drawing "
+                               "instructions (4 x the text cap, corpus.max_text_ratio x corpus.max_file_mb)")
+            text = _normalize(page.extract_text(visitor_text=visit) or "")
             if text.strip():
                 pages.append((i, text))
-    except IngestError:
+    except (IngestError, SkipFile):
         raise
+    except _TextCapReached:
+        raise limits.too_much_text("the PDF") from None
+    except LimitReachedError as err:
+        raise SkipFile(f"PDF exceeds a pypdf safety limit ({err}): a decompression bomb or a damaged file") from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError, IndexError,
             RecursionError, AssertionError, ZeroDivisionError) as err:
         raise IngestError(f"cannot read PDF ({type(err).__name__}: {err}); the file may be truncated or damaged") from None
     if not pages:
         raise SkipFile("PDF has no extractable text (scanned images? run OCR first)")
+    if sum(len(t) for _, t in pages) + 2 * (len(pages) - 1) > limits.max_text_chars:
+        raise limits.too_much_text("the PDF")
     title = ""
     try:
         if reader.metadata and reader.metadata.title:
@@ -221,16 +358,12 @@ def parse_pdf(data: bytes, name: str = "") -> ParsedDoc:
     return ParsedDoc(text="\n\n".join(t for _, t in pages), kind="pdf", title=title or Path(name).stem, pages=pages)
 
 
-def read_file(path: Path, max_bytes: int) -> tuple[bytes, ParsedDoc]:
+def read_file(path: Path, max_bytes: int, limits: TextLimits | None = None) -> tuple[bytes, ParsedDoc]:
     """Read and parse ``path``; SkipFile/IngestError on the reasons above."""
+    from rag.ingest.reading import read_regular
+
     kind = kind_for(path)
     if kind is None:
         raise SkipFile(f"unsupported file type '{path.suffix or path.name}'")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise SkipFile(f"larger than corpus.max_file_mb ({size / 1e6:.1f} MB > {max_bytes / 1e6:.1f} MB)")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise IngestError(f"cannot read: {err.strerror or err}") from None
-    return data, parse_bytes(data, kind, path.name)
+    data, _ = read_regular(path, max_bytes)
+    return data, parse_bytes(data, kind, path.name, limits)

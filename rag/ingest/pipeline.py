@@ -34,7 +34,8 @@ from rag.index.store import (
     writer_lock,
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
-from rag.ingest.parsers import SkipFile, kind_for, parse_bytes
+from rag.ingest.parsers import SkipFile, TextLimits, kind_for, parse_bytes
+from rag.ingest.reading import read_regular
 from rag.progress import Progress, counter
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"  # 3: word runs fill 90%, chunks span <= 32 chars per token, headings <= 300 chars
 
 
 @dataclass
@@ -219,6 +220,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     paths = list(paths) if paths else list(ws.config.corpus.paths)
     ing = _Ingestor(ws, progress)
     max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
+    limits = TextLimits.for_corpus(ws.config.corpus)
     chunking_sig = f"{CHUNKER_VERSION}/{ws.config.corpus.chunk_tokens}/{ws.config.corpus.chunk_overlap}"
 
     with writer_lock(ws.index_dir):
@@ -238,21 +240,22 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                 results.append(res)
                 try:
                     assert c.path is not None
-                    st = c.path.stat()
+                    data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
                     mtime = c.mtime if c.mtime is not None else st.st_mtime
-                    if st.st_size > max_bytes:
-                        raise SkipFile(f"larger than corpus.max_file_mb ({st.st_size / 1e6:.1f} MB > {max_bytes / 1e6:.1f} MB)")
-                    data = c.path.read_bytes()
                     sha = hashlib.sha256(data).hexdigest()
                     old = store.document(c.source)
                     if old and old["sha256"] == sha and not rebuild and old["status"] != "error":
                         res.status, res.reason = old["status"], old["reason"]
                         res.action, res.chunks = "unchanged", int(old["n_chunks"])
                         continue
-                    doc = parse_bytes(data, c.kind, c.path.name)
+                    doc = parse_bytes(data, c.kind, c.path.name, limits)
+                    del data
                     specs = ing.chunker.chunk(doc, c.source)
                     if not specs:
                         raise SkipFile("no text to index")
+                    if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
+                        res.reason = "; ".join(doc.warnings)
+                        log.warning("%s: %s", c.source, res.reason)
                     res.action = "updated" if old and old["n_chunks"] else "added"
                     todo.append((c, res, sha, mtime, st.st_size, specs))
                 except SkipFile as why:
@@ -282,7 +285,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                     report.chunks_added += len(added_ids)
                     res.chunks = len(specs)
                     store.put_document(c.source, sha256=sha, mtime=file_mtime, size=size, kind=c.kind,
-                                       status="ok", reason=None, n_chunks=len(specs))
+                                       status="ok", reason=res.reason, n_chunks=len(specs))
                 for c, res in failed:  # stale chunks of a file that no longer reads leave the index
                     report.chunks_removed += store.delete_chunks(c.source)
                     store.put_document(c.source, sha256=None, mtime=None, size=None, kind=c.kind,
