@@ -304,6 +304,8 @@ def _read_capped(resp: httpx.Response, cfg: CrawlConfig, deadline: float, cut: t
     except zlib.error as err:
         raise _Skip(f"the {encoding} body is corrupt ({err}); not cached") from None
     if decoder is not None:
+        if not decoder.eof:
+            raise _Skip(f"the {encoding} body is corrupt or cut short (its stream never ends); not cached")
         out += decoder.flush()
         if len(out) > cap:
             raise _Skip(f"the body decodes to more than {cap:,} bytes (a compression bomb?), {over}")
