@@ -59,6 +59,17 @@ def anchor_name(log_path: Path) -> str:
     return ANCHOR_PREFIX + digest
 
 
+# Keyring backends that failed in this process (auto mode): a hanging keyring costs its
+# timeout once, not on every append. Keyed by the backend object in use.
+_DOWN: dict[int, str] = {}
+
+
+def _backend_id() -> int:
+    import keyring
+
+    return id(keyring.get_keyring())
+
+
 class KeyringAnchor:
     """The last (seq, hash) of one log, in the OS keyring; it only moves forward.
 
@@ -72,8 +83,8 @@ class KeyringAnchor:
         self.name = anchor_name(self.log_path)
         self.mode = mode
         self.every = max(1, every)
-        self.available = True  # turns False in auto mode after the first keyring failure
-        self.unavailable_reason: str | None = None
+        self.unavailable_reason: str | None = _DOWN.get(_backend_id()) if mode == "auto" else None
+        self.available = self.unavailable_reason is None  # False in auto mode once the keyring failed here
 
     def _unavailable(self, err: KeyringUnavailable, what: str) -> None:
         if self.mode == "keyring":
@@ -82,7 +93,7 @@ class KeyringAnchor:
         if self.available:
             log.warning("audit anchor: keyring unavailable, going on with the head file only (%s)", err)
         self.available = False
-        self.unavailable_reason = str(err)
+        self.unavailable_reason = _DOWN[_backend_id()] = str(err)
 
     def read(self) -> Point | None:
         """The stored point; None when none is stored yet or the keyring is unavailable (auto mode)."""

@@ -246,3 +246,33 @@ def test_new_log_names_the_last_record_of_a_readable_log(tmp_path: Path) -> None
     archive, rec = log.start_new_log()
     assert rec["previous_seq"] == 3 and rec["previous_hash"] == last["hash"] and rec["seq"] == 1
     assert verify(archive).ok and verify(p).ok
+
+
+class _HangingKeyring(MemoryKeyring):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self.calls += 1
+        import time
+
+        time.sleep(5)
+        return None
+
+
+def test_a_hanging_keyring_costs_its_timeout_once_in_auto_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag import secrets
+
+    monkeypatch.setattr(secrets, "KEYRING_TIMEOUT_S", 0.2)
+    old = keyring.get_keyring()
+    hanging = _HangingKeyring()
+    keyring.set_keyring(hanging)
+    try:
+        p = tmp_path / "audit.jsonl"
+        for i in range(4):  # a new AuditLog per record, as audit_event does
+            AuditLog(p, anchor=KeyringAnchor(p)).append("query", query=str(i))
+        assert hanging.calls == 1
+        assert verify(p).ok and verify(p).records == 4
+    finally:
+        keyring.set_keyring(old)

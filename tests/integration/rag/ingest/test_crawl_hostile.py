@@ -187,9 +187,7 @@ def test_oversized_bodies_are_refused_before_caching(servers: list[_Server], tmp
         "/fine.md": _page("# Fine\n\n" + "ok " * 1000),
     })
     ws = _ws(tmp_path, max_page_mb=1.0)
-    t0 = time.monotonic()
     pages, failures = crawl(ws, site.base + "/llms.txt")
-    took = time.monotonic() - t0
     reasons = {url.removeprefix(site.base): why for url, why in failures}
     assert "Content-Length is 314,572,800 bytes" in reasons["/declared.md"]
     assert "sent more than 1,048,576 bytes" in reasons["/chunked.md"]
@@ -199,7 +197,6 @@ def test_oversized_bodies_are_refused_before_caching(servers: list[_Server], tmp
     assert declared_sent["bytes"] < 32 * MB and chunked_sent["bytes"] < 32 * MB
     cached = _cached_bytes(ws)
     assert len(cached) < 2 * MB and b"x" * 1000 not in cached
-    assert took < 30
 
 
 def test_content_length_smaller_than_the_body_is_not_trusted(servers: list[_Server], tmp_path: Path) -> None:
