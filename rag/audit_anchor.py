@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,14 +61,15 @@ def anchor_name(log_path: Path) -> str:
 
 
 # Keyring backends that failed in this process (auto mode): a hanging keyring costs its
-# timeout once, not on every append. Keyed by the backend object in use.
-_DOWN: dict[int, str] = {}
+# timeout once, not on every append. Keyed by the backend object in use (weakly: a new
+# backend object, e.g. after keyring.set_keyring, is tried afresh).
+_DOWN: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
-def _backend_id() -> int:
+def _backend() -> object:
     import keyring
 
-    return id(keyring.get_keyring())
+    return keyring.get_keyring()
 
 
 class KeyringAnchor:
@@ -83,7 +85,7 @@ class KeyringAnchor:
         self.name = anchor_name(self.log_path)
         self.mode = mode
         self.every = max(1, every)
-        self.unavailable_reason: str | None = _DOWN.get(_backend_id()) if mode == "auto" else None
+        self.unavailable_reason: str | None = _DOWN.get(_backend()) if mode == "auto" else None
         self.available = self.unavailable_reason is None  # False in auto mode once the keyring failed here
 
     def _unavailable(self, err: KeyringUnavailable, what: str) -> None:
@@ -93,7 +95,7 @@ class KeyringAnchor:
         if self.available:
             log.warning("audit anchor: keyring unavailable, going on with the head file only (%s)", err)
         self.available = False
-        self.unavailable_reason = _DOWN[_backend_id()] = str(err)
+        self.unavailable_reason = _DOWN[_backend()] = str(err)
 
     def read(self) -> Point | None:
         """The stored point; None when none is stored yet or the keyring is unavailable (auto mode)."""
