@@ -296,7 +296,8 @@ class AuditLog:
                     with contextlib.suppress(ValueError, TypeError, KeyError):
                         rec = json.loads(last_raw)
                         old = {"previous_seq": int(rec["seq"]), "previous_hash": str(rec["hash"])}
-                if self.path.exists():
+                existed = self.path.exists()
+                if existed:
                     os.replace(self.path, archive)
                 if self.head_path.exists():
                     os.replace(self.head_path, archive.with_name(archive.name + ".head"))
@@ -305,7 +306,7 @@ class AuditLog:
                 if self.anchor is not None:
                     self.anchor.reset()
                 state = _State(0, GENESIS)
-                record = self._write(state, "audit_new_log", {"previous_log": archive.name, **old,
+                record = self._write(state, "audit_new_log", {"previous_log": archive.name if existed else None, **old,
                                                                "previous_torn_bytes": len(torn) or None})
                 return archive, record
         except OSError as err:

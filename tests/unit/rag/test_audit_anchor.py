@@ -276,3 +276,20 @@ def test_a_hanging_keyring_costs_its_timeout_once_in_auto_mode(tmp_path: Path, m
         assert verify(p).ok and verify(p).records == 4
     finally:
         keyring.set_keyring(old)
+
+
+def test_a_workspace_recreated_at_the_same_path_needs_new_log(tmp_path: Path, mem: MemoryKeyring) -> None:
+    runner, cfg, p = _cli_ws(tmp_path)
+    _append(cfg, 3)
+    import shutil
+
+    shutil.rmtree(tmp_path / "ws")
+    runner, cfg, p = _cli_ws(tmp_path)  # same path, fresh folder: only the keyring remembers
+    with pytest.raises(AuditError, match="keyring anchor records seq 3.*new-log"):
+        _append(cfg, 1)
+    out = runner.invoke(cli, ["audit", "new-log", "--yes", "--config", cfg])
+    assert out.exit_code == 0, out.output
+    first = tail(p, 0)[0]
+    assert first["event"] == "audit_new_log" and "previous_log" not in first
+    _append(cfg, 1)
+    assert verify_workspace(load_workspace(cfg)).ok
