@@ -176,7 +176,7 @@ class AuditLog:
             head = Point(0, GENESIS)
         problem_at = compare("head file", head, seq, digest, prev)
         if problem_at is not None:
-            raise self._refuse(problem_at[1])
+            raise self._refuse(("it ends with an incomplete record; " if torn else "") + problem_at[1])
         if head.seq < seq - 1:
             raise self._refuse(f"the head file ends at seq {head.seq}: records after it were appended outside raftsmith")
         state.head_lag = seq - head.seq

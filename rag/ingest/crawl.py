@@ -244,7 +244,7 @@ def _fetch(http: httpx.Client, url: str, host: str, cfg: CrawlConfig) -> tuple[s
     current = url
     try:
         for _hop in range(MAX_REDIRECTS + 1):
-            with http.stream("GET", current, headers={"Accept-Encoding": "gzip, deflate"},
+            with http.stream("GET", current, headers={"Accept-Encoding": "gzip, deflate"}, follow_redirects=False,
                              extensions={"trace": trace}) as resp:
                 if resp.is_redirect:
                     target = normalize_url(urljoin(current, resp.headers.get("location", "")), cfg.drop_query)
