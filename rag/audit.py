@@ -5,11 +5,17 @@ record's canonical JSON (sorted keys, no spaces, UTF-8) without ``hash`` and ``m
 HMAC key from the keyring, ``mac`` = HMAC-SHA256 over the same bytes. Lines are written in
 exactly that canonical form, so any changed byte shows: either the line stops parsing, stops
 being canonical, or its hash no longer matches. A sidecar ``<log>.head`` (written atomically
-after every append) holds the last seq and hash, so records cut off the end are noticed too.
+after every append) holds the last seq and hash, so records cut off the end, an emptied or a
+deleted log are noticed too; the keyring anchor and kept checkpoints (:mod:`rag.audit_anchor`)
+catch an older copy of both files put back.
 
 Appends take an exclusive file lock (concurrent ``raftsmith`` processes and threads), write
-one line, flush and fsync. When the log cannot be written, :class:`AuditError` is raised
-and the caller refuses to answer (fail closed).
+one line, flush and fsync, then the head. A crash between the two leaves the log one record
+past its head: the chain proves that record, so the head is advisory there and the next
+append repairs it; an incomplete last line right after the head's record (power loss, a full
+disk) is moved aside to ``<log>.torn`` and the repair recorded. Anything else (a gap, a bad
+link, a head or anchor past the log's end) refuses the append. When the log cannot be
+written, :class:`AuditError` is raised and the caller refuses to answer (fail closed).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import getpass
 import hashlib
 import hmac
 import json
+import logging
 import os
 import socket
 import threading
@@ -29,26 +36,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.audit_anchor import KeyringAnchor, Point
+from rag.audit_chain import (
+    FIX_NEW_LOG,
+    GENESIS,
+    REQUIRED,
+    VerifyResult,
+    canonical,
+    compare,
+    head_point,
+    read_head,
+    read_tail,
+    record_hash,
+    record_mac,
+    record_problem,
+    verify,
+)
 from rag.errors import AuditError
 from rag.fsutil import atomic_write
 
-GENESIS = "0" * 64
-REQUIRED = ("seq", "ts", "user", "host", "session", "event", "outcome", "prev", "hash")
+__all__ = ["GENESIS", "REQUIRED", "AuditLog", "VerifyResult", "audit_event", "canonical", "checkpoint",
+           "load_hmac_key", "read_head", "record_hash", "record_mac", "tail", "text_digest", "verify",
+           "verify_workspace", "workspace_anchor"]
+
 _THREAD_LOCK = threading.Lock()
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k not in ("hash", "mac")}
-    return hashlib.sha256(canonical(body)).hexdigest()
-
-
-def record_mac(record: dict[str, Any], key: bytes) -> str:
-    body = {k: v for k, v in record.items() if k not in ("hash", "mac")}
-    return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
+log = logging.getLogger(__name__)
 
 
 def text_digest(text: str | None) -> str | None:
@@ -93,26 +105,16 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
         finally:
             os.close(fd)  # closing releases the flock
 
+@dataclass
+class _State:
+    """What an append finds at the end of the log, after every check passed."""
 
-def _last_line(path: Path) -> bytes | None:
-    """The last complete line of a file, read from the end (logs grow large)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        pos, buf = end, b""
-        while pos > 0:
-            step = min(65536, pos)
-            pos -= step
-            f.seek(pos)
-            buf = f.read(step) + buf
-            if buf.count(b"\n") >= 2 or pos == 0:
-                break
-    lines = buf.split(b"\n")
-    if lines[-1] != b"":
-        raise AuditError(f"{path} ends with an incomplete record (a truncated write); run 'raftsmith audit verify {path}'.")
-    return lines[-2]
+    seq: int
+    digest: str
+    head_lag: int = 0  # 1: the last record was written but its head was not (an interrupted append)
+    torn: bytes = b""  # bytes after the last newline: an append cut short (never committed)
+    torn_at: int = 0
+    anchor: Point | None = None
 
 
 @dataclass
@@ -123,11 +125,13 @@ class AuditLog:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     user: str = field(default_factory=lambda: _safe_user())
     host: str = field(default_factory=socket.gethostname)
+    anchor: KeyringAnchor | None = None
 
     @classmethod
     def for_workspace(cls, ws: Any, session: str | None = None) -> AuditLog:
         cfg = ws.config.audit
-        log = cls(ws.audit_path, hmac_key=load_hmac_key(cfg.hmac_key_name), log_text=cfg.log_text)
+        log = cls(ws.audit_path, hmac_key=load_hmac_key(cfg.hmac_key_name), log_text=cfg.log_text,
+                  anchor=workspace_anchor(ws))
         if session:
             log.session = session
         return log
@@ -140,31 +144,66 @@ class AuditLog:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
+    @property
+    def torn_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".torn")
+
+    def _refuse(self, reason: str, fix: str = FIX_NEW_LOG) -> AuditError:
+        return AuditError(f"The audit log {self.path} does not verify ({reason}); answering is refused. "
+                          f"Run 'raftsmith audit verify' to see it. {fix}")
+
+    def _state(self) -> _State:
+        """Check the end of the log against its head file and the keyring anchor; raise AuditError on a real problem."""
+        last_raw, torn, torn_at = read_tail(self.path)
+        seq, digest, prev = 0, GENESIS, GENESIS
+        if last_raw is not None:
+            try:
+                rec = json.loads(last_raw)
+            except ValueError:
+                rec = None
+            problem = "not valid JSON" if rec is None else record_problem(rec, last_raw, self.hmac_key)
+            if problem is not None:
+                raise self._refuse(f"its last record is corrupt: {problem}")
+            seq, digest, prev = int(rec["seq"]), str(rec["hash"]), str(rec["prev"])
+        try:
+            head = head_point(self.path, self.hmac_key)
+        except ValueError as err:
+            raise self._refuse(str(err)) from None
+        state = _State(seq, digest, torn=torn, torn_at=torn_at)
+        if head is None:
+            if seq > 1:
+                raise self._refuse(f"the head file {self.head_path.name} is missing")
+            head = Point(0, GENESIS)
+        problem_at = compare("head file", head, seq, digest, prev)
+        if problem_at is not None:
+            raise self._refuse(("it ends with an incomplete record; " if torn else "") + problem_at[1])
+        if head.seq < seq - 1:
+            raise self._refuse(f"the head file ends at seq {head.seq}: records after it were appended outside raftsmith")
+        state.head_lag = seq - head.seq
+        if torn and state.head_lag:
+            raise self._refuse("it ends with an incomplete record after a record its head file does not name")
+        if self.anchor is not None:
+            state.anchor = self.anchor.read()
+            if state.anchor is not None:
+                problem_at = compare("keyring anchor", state.anchor, seq, digest, prev)
+                if problem_at is not None:
+                    raise self._refuse(problem_at[1])
+        return state
+
     def check_writable(self) -> None:
-        """Raise AuditError now, before any work, if an append would fail (unwritable, damaged tail)."""
+        """Raise AuditError now, before any work, if an append would fail (unwritable, damaged or cut log)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "ab"):
                 pass
             with open(self.lock_path, "ab"):
                 pass
-            last = _last_line(self.path)
+            self._state()
         except OSError as err:
             raise AuditError(
                 f"The audit log {self.path} cannot be written ({err.strerror or err}); answering is refused. "
                 "Fix the permissions or disk space, or point audit.path in raftsmith.yaml elsewhere."
             ) from None
-        if last is not None:
-            try:
-                prior = json.loads(last)
-                seq, digest = int(prior["seq"]), str(prior["hash"])
-            except (ValueError, KeyError, TypeError):
-                raise AuditError(f"The last record of {self.path} is corrupt; run 'raftsmith audit verify'. "
-                                 "Answering is refused until the log is repaired or moved aside.") from None
-            problem = head_problem(self.path, seq, digest, self.hmac_key)
-            if problem is not None:
-                raise AuditError(f"The audit log {self.path} does not match its head file ({problem[1]}); answering is "
-                                 "refused. Run 'raftsmith audit verify' and move the log aside to start a new one.")
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record (fsynced) and return it."""
@@ -176,48 +215,103 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with _file_lock(self.lock_path):
-                last = _last_line(self.path)
-                if last is None:
-                    seq, prev = 1, GENESIS
-                else:
-                    try:
-                        prior = json.loads(last)
-                        seq, prev = int(prior["seq"]) + 1, str(prior["hash"])
-                    except (ValueError, KeyError, TypeError):
-                        raise AuditError(f"The last record of {self.path} is corrupt; run 'raftsmith audit verify'. "
-                                         "Answering is refused until the log is repaired or moved aside.") from None
-                    problem = head_problem(self.path, seq - 1, prev, self.hmac_key)
-                    if problem is not None:
-                        raise AuditError(f"The audit log {self.path} does not match its head file ({problem[1]}); "
-                                         "answering is refused. Run 'raftsmith audit verify' and move the log aside to start a new one.")
-                record: dict[str, Any] = {
-                    "seq": seq, "ts": now_rfc3339(), "user": self.user, "host": self.host,
-                    "session": self.session, "event": event, "outcome": fields.pop("outcome", "ok"),
-                    **{k: v for k, v in fields.items() if v is not None}, "prev": prev,
-                }
-                record["hash"] = record_hash(record)
-                if self.hmac_key:
-                    record["mac"] = record_mac(record, self.hmac_key)
-                line = canonical(record) + b"\n"
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._write_head(seq, record["hash"])
-                return record
+                state = self._state()
+                self._repair(state)
+                return self._write(state, event, fields)
         except OSError as err:
             raise AuditError(
                 f"The audit log {self.path} cannot be written ({err.strerror or err}); answering is refused. "
                 "Fix the permissions or disk space, or set audit.path in raftsmith.yaml."
             ) from None
 
+    def _repair(self, state: _State) -> None:
+        """Finish what an interrupted append left: a head one record behind, or a torn last line."""
+        if state.head_lag:
+            log.warning("audit: %s was one record ahead of its head file (an interrupted append); head repaired",
+                        self.path)
+            self._write_head(state.seq, state.digest)
+        if state.torn:
+            # The torn bytes never became a record (the head names the record before them), so
+            # they are moved aside byte for byte and the repair itself goes into the chain.
+            fd = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, state.torn)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with open(self.path, "rb+") as f:
+                f.truncate(state.torn_at)
+                os.fsync(f.fileno())
+            log.warning("audit: %s ended with %d bytes of an interrupted append; moved to %s",
+                        self.path, len(state.torn), self.torn_path.name)
+            self._write(state, "audit_repair", {
+                "outcome": "repaired", "torn_bytes": len(state.torn),
+                "torn_sha256": hashlib.sha256(state.torn).hexdigest(), "torn_file": self.torn_path.name})
+            state.torn = b""
+
+    def _write(self, state: _State, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        seq, prev = state.seq + 1, state.digest
+        record: dict[str, Any] = {
+            "seq": seq, "ts": now_rfc3339(), "user": self.user, "host": self.host,
+            "session": self.session, "event": event, "outcome": fields.pop("outcome", "ok"),
+            **{k: v for k, v in fields.items() if v is not None}, "prev": prev,
+        }
+        record["hash"] = record_hash(record)
+        if self.hmac_key:
+            record["mac"] = record_mac(record, self.hmac_key)
+        line = canonical(record) + b"\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._write_head(seq, record["hash"])
+        if self.anchor is not None and self.anchor.due(seq, state.anchor):
+            point = Point(seq, record["hash"])
+            self.anchor.write(point, state.anchor)
+            state.anchor = point
+        state.seq, state.digest = seq, record["hash"]
+        return record
+
     def _write_head(self, seq: int, digest: str) -> None:
         head: dict[str, Any] = {"seq": seq, "hash": digest}
         if self.hmac_key:
             head["mac"] = hmac.new(self.hmac_key, canonical({"seq": seq, "hash": digest}), hashlib.sha256).hexdigest()
         atomic_write(self.head_path, canonical(head) + b"\n")
+
+    def start_new_log(self) -> tuple[Path, dict[str, Any]]:
+        """Move the log and its head aside unchanged and start a new log naming them; (archive, first record).
+
+        The deliberate way out after a failed verify: nothing is deleted, the keyring anchor is
+        reset, and the new log's first record holds the old log's name, last seq and hash.
+        """
+        try:
+            with _file_lock(self.lock_path):
+                stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+                archive = self.path.with_name(f"{self.path.name}.{stamp}")
+                last_raw, torn, _ = read_tail(self.path)
+                old: dict[str, Any] = {}
+                if last_raw is not None:
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        rec = json.loads(last_raw)
+                        old = {"previous_seq": int(rec["seq"]), "previous_hash": str(rec["hash"])}
+                existed = self.path.exists()
+                if existed:
+                    os.replace(self.path, archive)
+                if self.head_path.exists():
+                    os.replace(self.head_path, archive.with_name(archive.name + ".head"))
+                if self.torn_path.exists():
+                    os.replace(self.torn_path, archive.with_name(archive.name + ".torn"))
+                if self.anchor is not None:
+                    self.anchor.reset()
+                state = _State(0, GENESIS)
+                record = self._write(state, "audit_new_log", {"previous_log": archive.name if existed else None, **old,
+                                                               "previous_torn_bytes": len(torn) or None})
+                return archive, record
+        except OSError as err:
+            raise AuditError(f"Cannot start a new audit log at {self.path} ({err.strerror or err}); "
+                             "fix the permissions or disk space.") from None
 
 
 def _safe_user() -> str:
@@ -227,116 +321,36 @@ def _safe_user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
-@dataclass
-class VerifyResult:
-    ok: bool
-    records: int
-    path: str
-    bad_line: int | None = None  # 1-based line of the FIRST bad record
-    reason: str | None = None
-    mac_checked: bool = False
-    head_checked: bool = False
-    mac_unchecked: bool = False  # records carry a mac but no key was given to check it
+def workspace_anchor(ws: Any) -> KeyringAnchor | None:
+    """The keyring anchor audit.anchor asks for (None when off)."""
+    cfg = ws.config.audit
+    if cfg.anchor == "off":
+        return None
+    return KeyringAnchor(ws.audit_path, mode=cfg.anchor, every=cfg.anchor_every)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __str__(self) -> str:
-        if self.ok:
-            extras = [x for x, on in (("HMAC", self.mac_checked), ("head", self.head_checked)) if on]
-            note = " - records carry an HMAC but no key was given, so it was NOT checked" if self.mac_unchecked else ""
-            return f"{self.path}: {self.records} records, chain intact" + (f" ({', '.join(extras)} checked)" if extras else "") + note
-        return f"{self.path}: line {self.bad_line} is the first bad record: {self.reason}"
-
-
-def verify(path: str | os.PathLike[str], hmac_key: bytes | None = None, check_head: bool = True) -> VerifyResult:
-    """Check every record and the chain; name the first bad line (1-based) and why."""
-    p = Path(path)
-    if not p.exists():
-        raise AuditError(f"No audit log at {p}; nothing has been logged yet, or audit.path points elsewhere.")
-    data = p.read_bytes()
-    lines = data.split(b"\n")
-    trailing_ok = lines[-1] == b""
-    if trailing_ok:
-        lines = lines[:-1]
-    res = VerifyResult(ok=False, records=0, path=str(p), mac_checked=hmac_key is not None)
-    prev, seq = GENESIS, 0
-
-    def bad(i: int, why: str) -> VerifyResult:
-        res.bad_line, res.reason, res.records = i, why, i - 1
-        return res
-
-    for i, raw in enumerate(lines, start=1):
-        if i == len(lines) and not trailing_ok:
-            return bad(i, "record is not terminated by a newline (truncated)")
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return bad(i, "not valid JSON (damaged or truncated)")
-        if not isinstance(rec, dict):
-            return bad(i, "not a JSON object")
-        missing = [k for k in REQUIRED if k not in rec]
-        if missing:
-            return bad(i, f"missing field(s) {', '.join(missing)}")
-        try:
-            if canonical(rec) != raw:
-                return bad(i, "bytes differ from the canonical form (edited)")
-        except ValueError:
-            return bad(i, "contains values outside JSON (NaN/Infinity)")
-        if rec["seq"] != seq + 1 or isinstance(rec["seq"], bool):
-            return bad(i, f"seq is {rec['seq']!r}, expected {seq + 1} (record deleted, inserted or reordered)")
-        if rec["prev"] != prev:
-            return bad(i, "prev does not match the previous record's hash (chain broken)")
-        if rec["hash"] != record_hash(rec):
-            return bad(i, "hash does not match the record's content (edited)")
-        if hmac_key is not None:
-            if not isinstance(rec.get("mac"), str):
-                return bad(i, "no mac although an HMAC key is configured")
-            if not hmac.compare_digest(rec["mac"], record_mac(rec, hmac_key)):
-                return bad(i, "mac does not match (edited without the key)")
-        if hmac_key is None and "mac" in rec:
-            res.mac_unchecked = True
-        prev, seq = rec["hash"], rec["seq"]
-    if check_head and lines:
-        problem = head_problem(p, seq, prev, hmac_key)
-        if problem is not None:
-            return bad(*problem)
-        res.head_checked = True
-    res.ok, res.records = True, len(lines)
+def verify_workspace(ws: Any, checkpoint: Point | None = None) -> VerifyResult:
+    """verify() for the workspace's log with its HMAC key and keyring anchor (as audit.* configures)."""
+    key = load_hmac_key(ws.config.audit.hmac_key_name)
+    keeper = workspace_anchor(ws)
+    mark = keeper.read() if keeper is not None else None
+    res = verify(ws.audit_path, hmac_key=key, anchor=mark, checkpoint=checkpoint)
+    if keeper is not None and not keeper.available:
+        res.notes.append(f"keyring anchor NOT checked: the keyring is unavailable ({keeper.unavailable_reason})")
+    elif keeper is not None and mark is None and res.ok and res.records:
+        res.notes.append("keyring anchor NOT checked: none is stored for this log yet (it is written on the next append)")
     return res
 
 
-def read_head(log_path: Path, hmac_key: bytes | None) -> tuple[int, str]:
-    """(seq, hash) from ``<log>.head``; raises ValueError with the reason when unusable."""
-    head = log_path.with_name(log_path.name + ".head")
-    if not head.exists():
-        raise ValueError(f"head file {head.name} is missing")
-    try:
-        h = json.loads(head.read_text(encoding="utf-8"))
-        hseq, hhash = int(h["seq"]), str(h["hash"])
-    except (ValueError, KeyError, TypeError, OSError):
-        raise ValueError(f"head file {head.name} is unreadable") from None
-    if hmac_key is not None:
-        want = hmac.new(hmac_key, canonical({"seq": hseq, "hash": hhash}), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(str(h.get("mac", "")), want):
-            raise ValueError(f"head file {head.name} has a bad mac")
-    return hseq, hhash
-
-
-def head_problem(log_path: Path, seq: int, last_hash: str, hmac_key: bytes | None) -> tuple[int, str] | None:
-    """(line, reason) when the head file disagrees with a log whose last record is (seq, last_hash)."""
-    try:
-        hseq, hhash = read_head(log_path, hmac_key)
-    except ValueError as err:
-        return seq + 1, str(err)
-    if hseq > seq:
-        return seq + 1, f"log ends at seq {seq} but the head file records seq {hseq}: records were cut off the end"
-    if hseq < seq:
-        return hseq + 1, f"the head file ends at seq {hseq}: records from here on were appended outside raftsmith"
-    if hhash != last_hash:
-        return seq, "the last record differs from the one the head file records (replaced)"
-    return None
-
+def checkpoint(ws: Any) -> Point:
+    """The last (seq, hash) of the workspace's log, after it verified; AuditError otherwise."""
+    res = verify_workspace(ws)
+    if not res.ok:
+        raise AuditError(f"The audit log does not verify, so no checkpoint is given: {res}")
+    if res.records == 0:
+        raise AuditError(f"The audit log {ws.audit_path} has no records yet; nothing to checkpoint.")
+    raw, _torn, _ = read_tail(ws.audit_path)
+    rec = json.loads(raw or b"{}")
+    return Point(int(rec["seq"]), str(rec["hash"]))
 
 def tail(path: str | os.PathLike[str], n: int = 20) -> list[dict[str, Any]]:
     p = Path(path)

@@ -33,7 +33,11 @@ class CrawlConfig(Section):
     max_depth: int = Field(2, ge=0, description="Link depth followed from an llms.txt page.")
     max_files: int = Field(200, ge=1, description="Most pages fetched in one crawl.")
     delay_s: float = Field(0.2, ge=0, description="Pause between requests to one host.")
-    timeout_s: float = Field(20.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(20.0, gt=0, description="Timeout for connecting and for each read.")
+    page_deadline_s: float = Field(60.0, gt=0, description="Total time one page may take, headers and body; "
+                                   "a slower page is cut off and reported.")
+    max_page_mb: float = Field(10.0, gt=0, description="Largest page body accepted, both as sent and after "
+                               "gzip/deflate decoding; a bigger page is cut off, reported and not cached.")
     skip_infixes: list[str] = Field(default_factory=list, description="Skip URLs containing any of these.")
     drop_query: bool = Field(True, description="Drop ?query strings from crawled URLs.")
 
@@ -221,6 +225,11 @@ class AuditConfig(Section):
     path: str = f"{STATE_DIR}/audit.jsonl"
     hmac_key_name: str | None = Field(None, description="Keyring name of an HMAC key; off when unset.")
     log_text: bool = Field(True, description="False = log sha256 of query and answer instead of text.")
+    anchor: Literal["auto", "keyring", "off"] = Field(
+        "auto", description="Keep the log's last seq and hash in the OS keyring too, so an older copy of the log and "
+        "its head put back is caught. auto = when a keyring answers here; keyring = refuse to answer without one; off.")
+    anchor_every: int = Field(1, ge=1, description="Write the keyring anchor every N appends (1 = every append; "
+                              "larger is cheaper but lets the last N-1 records go unanchored).")
 
 
 class RaftsmithConfig(Section):
