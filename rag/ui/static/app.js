@@ -100,6 +100,7 @@ function renderAnswer(target, result) {
   target.append(document.createTextNode(text.slice(last)));
 }
 
+// The passages that went into the prompt, numbered as the model saw them ([n] in its reply).
 function renderSources(result) {
   const box = el("div", { class: "sources-box" });
   if (result.refused || (result.rag && result.retrieved.length === 0)) {
@@ -107,12 +108,17 @@ function renderSources(result) {
     return box;
   }
   if (!result.rag) { box.append(el("span", { class: "meta", text: "Closed book: no documents were used." })); return box; }
-  if (result.citations.length === 0) box.append(el("span", { class: "no-sources", text: "The answer cites no source." }));
+  const cited = new Set(result.citations.map((c) => c.chunk_id));
+  if (cited.size === 0) box.append(el("span", { class: "no-sources", text: "The answer cites no source; the passages it was given:" }));
+  else box.append(el("div", { class: "meta", text: "Sources (cited ones marked):" }));
   const list = el("ol", { class: "sources" });
-  for (const c of result.citations) {
-    list.append(el("li", {}, citeButton(c), " ", c.location + (c.heading ? " (" + c.heading + ")" : "")));
+  for (const c of result.retrieved) {
+    const item = el("li", { class: cited.has(c.chunk_id) ? "cited" : "" }, citeButton(c), " ",
+                    c.location + (c.heading ? " (" + c.heading + ")" : ""));
+    if (cited.has(c.chunk_id)) item.append(el("strong", { text: " cited" }));
+    list.append(item);
   }
-  if (result.citations.length) box.append(el("div", { class: "meta", text: "Sources:" }), list);
+  box.append(list);
   return box;
 }
 
