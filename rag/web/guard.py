@@ -15,7 +15,8 @@ from using one, before the application sees the request:
   ``max_body_bytes``; a ``Content-Length`` that is not a plain non-negative number is a 400.
   The application receives the buffered body unchanged.
 * **Bearer token**: with ``require_token`` every request needs ``Authorization: Bearer
-  <token>``; without it a token is optional, but a wrong one is still refused (401).
+  <token>`` (401 otherwise). Without it the header is not checked: OpenAI SDKs insist on
+  sending some key, and on loopback any placeholder must work.
 
 Refusals are JSON in the OpenAI error shape, ``{"error": {"message", "type", "code"}}``,
 and each is reported once to ``on_reject`` (for the audit log) as a :class:`Rejection`
@@ -218,7 +219,7 @@ class GuardMiddleware:
             return ("bad_origin", 403, "Cross-site requests are refused: a web page from another site may not "
                     "use this server.")
         auth = headers.get(b"authorization")
-        if auth is not None or self.policy.require_token:
+        if self.policy.require_token:
             given = _bearer(auth)
             expected = (self.policy.token or "").encode()
             if given is None or not expected or not hmac.compare_digest(given, expected):
