@@ -12,7 +12,8 @@ from rag.config import load_workspace
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless --allow-remote).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--allow-remote", is_flag=True,
-              help="Allow a non-loopback --host; the page then needs the access token stored with 'raftsmith keys set ui-token'.")
+              help="Allow a non-loopback --host; the page then asks for the bearer token (keyring raftsmith/serve-token, "
+                   "created on first use, or $RAFTSMITH_SERVE_TOKEN).")
 @click.option("--model", "-m", type=click.Choice(["base", "tuned"]), default="tuned", show_default=True,
               help="The model selected when the page opens.")
 @click.option("--no-rag", is_flag=True, help="Start with retrieval off (closed book).")
@@ -33,6 +34,5 @@ def ui_cmd(host: str, port: int, allow_remote: bool, model: str, no_rag: bool, m
     try:
         with maybe_offline(offline or ws.config.chat.offline):
             server.serve_forever()
-    finally:
-        server.sock.close()
-        server.state.engine.close()
+    except KeyboardInterrupt:
+        click.echo("stopped")

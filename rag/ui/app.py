@@ -7,12 +7,11 @@ come): ``{"type": "token"}`` pieces, then one ``{"type": "done"}`` with the resu
 
 The page and its assets come from this package (``templates/``, ``static/``): no CDN, no
 network. The server side trusts nothing the browser sends: requests are checked by
-:mod:`rag.ui.security`, and the browser renders every value with ``textContent``.
+:mod:`rag.web.guard` and :mod:`rag.ui.security`, and the browser renders every value with ``textContent``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -21,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +132,7 @@ def _answer(state: UiState, question: str, model: str, rag: bool, emit: Callable
 
 
 def make_app(state: UiState, security: Any) -> Any:
-    """The Starlette app; ``security`` wraps it (host/origin/CSRF/bearer checks)."""
+    """The Starlette app, wrapped by ``security`` (the guard and the page's CSRF check)."""
     import jinja2
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -151,12 +150,15 @@ def make_app(state: UiState, security: Any) -> Any:
     from rag.ui.report import chart_path, report_view
     from rag.ui.sources import chunk_view
     from rag.ui.status import workspace_status
+    from rag.web.guard import error_body, scrub
 
     templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PACKAGE_DIR / "templates")),
                                    autoescape=True)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str) -> Response:
+        # the shape rag.web.guard's refusals have, so the page reads one kind of error
+        return Response(error_body(status, scrub(message, [state.ws.root])), status_code=status,
+                        media_type="application/json")
 
     async def body_of(request: Request) -> dict[str, Any]:
         try:
@@ -289,10 +291,4 @@ def make_app(state: UiState, security: Any) -> Any:
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
     ]
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        yield
-        state.engine.close()
-
-    app = Starlette(routes=routes, lifespan=lifespan)
-    return security(app)
+    return security(Starlette(routes=routes))

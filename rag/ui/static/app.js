@@ -34,7 +34,7 @@ async function checked(resp) {
   if (resp.status === 401) { document.getElementById("token-form").hidden = false; }
   if (!resp.ok) {
     let msg = resp.status + " " + resp.statusText;
-    try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
+    try { const e = (await resp.json()).error; msg = (e && (e.message || e)) || msg; } catch (e) { /* not JSON */ }
     throw new Error(msg);
   }
   return resp;

@@ -1,95 +1,132 @@
-"""The page's request checks (rag.ui.security) in front of a real Starlette app, through httpx."""
+"""The page's request checks: rag.web.guard around rag.ui.security, on the real app, through httpx.
+
+No model runs here: the refused calls never reach the Answerer, and the accepted ones are
+the views that read files (status, report) or fail on bad input before any generation.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("starlette")
 
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-from starlette.routing import Route  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from rag.ui.security import CSRF_HEADER, MAX_BODY, PageGuard, loopback_hosts  # noqa: E402
-
-PORT = 8765
-ORIGIN = f"http://127.0.0.1:{PORT}"
-TOKEN = "csrf-token-for-the-test"
-
-
-def _client(bearer: str | None = None, hosts: set[str] | None = None) -> tuple[TestClient, list[dict]]:
-    seen: list[dict] = []
-
-    async def echo(request: Request) -> JSONResponse:
-        body = await request.body()
-        seen.append({"method": request.method, "body": body})
-        return JSONResponse({"ok": True})
-
-    app = Starlette(routes=[Route("/api/thing", echo, methods=["GET", "POST"]), Route("/", echo)])
-    guard = PageGuard(app, hosts=hosts or loopback_hosts(PORT), csrf_token=TOKEN, bearer=bearer)
-    return TestClient(guard, base_url=ORIGIN), seen
+from rag.config import init_workspace  # noqa: E402
+from rag.errors import ConfigError  # noqa: E402
+from rag.ui.security import CSRF_HEADER  # noqa: E402
+from rag.ui.server import UiServer, make_ui_server  # noqa: E402
 
 
-def _post(client: TestClient, headers: dict[str, str] | None = None, body: bytes = b'{"a": 1}'):  # type: ignore[no-untyped-def]
-    h = {"Origin": ORIGIN, CSRF_HEADER: TOKEN, "Content-Type": "application/json"} | (headers or {})
-    return client.post("/api/thing", content=body, headers={k: v for k, v in h.items() if v is not None})
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[tuple[UiServer, TestClient, str]]:
+    ws = init_workspace(tmp_path / "ws")
+    server = make_ui_server(ws, port=0)
+    origin = f"http://127.0.0.1:{server.http.port}"
+    yield server, TestClient(server.app, base_url=origin), origin
+    server.close()
 
 
-def test_a_proper_call_passes_and_carries_the_security_headers() -> None:
-    client, seen = _client()
-    r = _post(client)
-    assert r.status_code == 200 and seen == [{"method": "POST", "body": b'{"a": 1}'}]
+def _audit(server: UiServer) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in server.state.ws.audit_path.read_text().splitlines()]
+
+
+def _post(client: TestClient, origin: str, token: str, path: str = "/api/switch", body: bytes = b'{"model": "nope"}',
+          **headers: str | None) -> Any:
+    h = {"Origin": origin, CSRF_HEADER: token, "Content-Type": "application/json"} | headers
+    return client.post(path, content=body, headers={k: v for k, v in h.items() if v is not None})
+
+
+def test_the_page_carries_its_csrf_token_and_a_strict_csp(ui: tuple[UiServer, TestClient, str]) -> None:
+    server, client, _ = ui
+    r = client.get("/")
+    assert r.status_code == 200 and f'content="{server.state.csrf_token}"' in r.text
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-    assert r.headers["x-content-type-options"] == "nosniff"
-    assert client.get("/").status_code == 200
+    assert "<script src=\"/static/app.js\"" in r.text and "http" not in r.text.split("<body")[0].replace("http-equiv", "")
+    assert client.get("/static/app.js").status_code == 200
+    assert _audit(server)[-1]["event"] == "ui_start"
 
 
-def test_dns_rebinding_host_is_refused_before_the_app_runs() -> None:
-    client, seen = _client()
-    r = client.get("/api/thing", headers={"Host": f"attacker.example:{PORT}"})
-    assert r.status_code == 421 and "does not answer to the host name" in r.json()["error"]
-    assert "127.0.0.1" in r.json()["error"]
-    r = _post(client, {"Host": f"attacker.example:{PORT}", "Origin": f"http://attacker.example:{PORT}"})
+def test_a_proper_call_passes_and_bad_input_is_a_clear_400(ui: tuple[UiServer, TestClient, str]) -> None:
+    server, client, origin = ui
+    r = _post(client, origin, server.state.csrf_token)
+    assert r.status_code == 400 and "Unknown model 'nope'" in r.json()["error"]["message"]
+    r = _post(client, origin, server.state.csrf_token, "/api/ask", b'{"question": "  "}')
+    assert r.status_code == 400 and "question is empty" in r.json()["error"]["message"]
+    r = _post(client, origin, server.state.csrf_token, "/api/ask", b"[1, 2]")
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+
+
+def test_dns_rebinding_host_is_refused_and_audited(ui: tuple[UiServer, TestClient, str]) -> None:
+    server, client, origin = ui
+    port = server.http.port
+    r = client.get("/api/status", headers={"Host": f"attacker.example:{port}"})
     assert r.status_code == 421
-    assert seen == []
+    r = _post(client, f"http://attacker.example:{port}", server.state.csrf_token, Host=f"attacker.example:{port}")
+    assert r.status_code == 421
+    rec = _audit(server)[-1]
+    assert rec["event"] == "ui_request" and rec["outcome"] == "rejected" and rec["reason"] == "bad_host"
 
 
-@pytest.mark.parametrize(("headers", "status", "words"), [
-    ({CSRF_HEADER: None}, 403, "CSRF token"),
-    ({CSRF_HEADER: "a-guessed-token"}, 403, "CSRF token"),
-    ({"Origin": None}, 403, "Origin"),
-    ({"Origin": "http://evil.example"}, 403, "Origin"),
-    ({"Origin": "http://localhost:8765"}, 403, "Origin"),  # another loopback name is another origin
-    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
-    ({"Content-Type": "text/plain"}, 415, "application/json"),
+@pytest.mark.parametrize(("headers", "status", "reason"), [
+    ({CSRF_HEADER: None}, 403, "bad_csrf"),
+    ({CSRF_HEADER: "a-guessed-token"}, 403, "bad_csrf"),
+    ({"Origin": None}, 403, "no_origin"),
+    ({"Origin": "http://evil.example"}, 403, "bad_origin"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "bad_content_type"),
+    ({"Content-Type": "text/plain"}, 415, "bad_content_type"),
 ])
-def test_state_changing_calls_need_token_origin_and_json(headers: dict, status: int, words: str) -> None:
-    client, seen = _client()
-    r = _post(client, headers)
-    assert r.status_code == status and words in r.json()["error"]
-    assert seen == []  # the handler never ran
+def test_state_changing_calls_need_token_origin_and_json(ui: tuple[UiServer, TestClient, str], headers: dict,
+                                                         status: int, reason: str) -> None:
+    server, client, origin = ui
+    before = server.state.model
+    r = _post(client, origin, server.state.csrf_token, body=b'{"model": "base"}', **headers)
+    assert r.status_code == status and r.json()["error"]["code"] == reason
+    assert server.state.model == before  # the switch never happened
+    rec = _audit(server)[-1]
+    assert rec["event"] == "ui_request" and rec["reason"] == reason and "model_switch" not in [x["event"] for x in _audit(server)]
 
 
-def test_body_over_the_cap_is_refused() -> None:
-    client, seen = _client()
-    big = json.dumps({"question": "x" * (MAX_BODY + 10)}).encode()
-    r = _post(client, body=big)
-    assert r.status_code == 413 and str(MAX_BODY) in r.json()["error"]
-    assert seen == []
+def test_body_over_the_cap_is_refused(ui: tuple[UiServer, TestClient, str]) -> None:
+    server, client, origin = ui
+    cap = server.state.ws.config.serve.max_body_kb * 1024
+    big = json.dumps({"question": "x" * cap}).encode()
+    r = _post(client, origin, server.state.csrf_token, "/api/ask", big)
+    assert r.status_code == 413 and _audit(server)[-1]["reason"] == "body_too_large"
 
 
-def test_bearer_token_when_served_beyond_loopback() -> None:
-    hosts = loopback_hosts(PORT) | {f"10.0.0.5:{PORT}"}
-    client, seen = _client(bearer="s3cret-bearer-token-123", hosts=hosts)
-    assert client.get("/api/thing").status_code == 401
-    assert client.get("/api/thing", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    ok = client.get("/api/thing", headers={"Authorization": "Bearer s3cret-bearer-token-123"})
-    assert ok.status_code == 200 and len(seen) == 1
-    assert client.get("/").status_code == 200  # the page itself holds no data; its API calls do
-    r = client.get("/api/thing")
-    assert "s3cret" not in r.text  # the token is never echoed
+def test_no_file_outside_the_workspace_is_served(ui: tuple[UiServer, TestClient, str], tmp_path: Path) -> None:
+    _, client, _ = ui
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    for path in ("/static/../../../secret.txt", "/static/%2e%2e/%2e%2e/secret.txt", "/api/chunk/..%2f..%2fsecret.txt",
+                 "/api/report/chart.png", "/api/chunk/not-a-chunk"):
+        r = client.get(path)
+        assert r.status_code == 404 and "TOP SECRET" not in r.text, path
+
+
+def test_non_loopback_needs_allow_remote_then_the_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = init_workspace(tmp_path / "ws")
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        make_ui_server(ws, host="0.0.0.0", port=0)
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        make_ui_server(ws, host="", port=0)  # every interface, spelled empty
+    monkeypatch.setenv("RAFTSMITH_SERVE_TOKEN", "a-long-random-token-for-the-test-0123")
+    server = make_ui_server(ws, host="0.0.0.0", port=0, allow_remote=True)
+    try:
+        client = TestClient(server.app, base_url=f"http://127.0.0.1:{server.http.port}")
+        assert client.get("/").status_code == 200  # the page itself holds no data
+        assert client.get("/static/app.css").status_code == 200
+        r = client.get("/api/status")
+        assert r.status_code == 401 and "a-long-random" not in r.text
+        assert client.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = client.get("/api/status", headers={"Authorization": "Bearer a-long-random-token-for-the-test-0123"})
+        assert ok.status_code == 200 and ok.json()["audit"]["ok"] is True
+        assert "a-long-random" not in server.state.ws.audit_path.read_text()  # never logged
+    finally:
+        server.close()
