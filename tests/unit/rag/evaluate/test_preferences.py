@@ -43,3 +43,23 @@ def test_damaged_lines_are_skipped_and_named(tmp_path: Path) -> None:
     assert s is not None and (s.marks, s.unreadable) == (2, 2)
     assert "2 unreadable line(s)" in s.line()
     assert s.tuned_win_rate == 0.5
+
+
+def test_eval_preferences_prints_the_row(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from rag.cli.main import cli
+
+    ws = init_workspace(tmp_path / "ws")
+    cfg = str(ws.config_path)
+    res = CliRunner().invoke(cli, ["eval", "--preferences", "--config", cfg])
+    assert res.exit_code == 0 and "No arena marks yet" in res.output
+    for choice in ("tuned", "both_wrong"):
+        append_mark(ws, {"choice": choice})
+    res = CliRunner().invoke(cli, ["eval", "--preferences", "--config", cfg])
+    assert res.exit_code == 0 and "Human preference (arena, 2 marks): tuned better 1, base better 0, both wrong 1" in res.output
+    res = CliRunner().invoke(cli, ["eval", "--preferences", "--json", "--config", cfg])
+    row = json.loads(res.stdout)["human_preference"]
+    assert row["marks"] == 2 and row["tuned_win_rate"] == 1.0
