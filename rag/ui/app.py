@@ -207,12 +207,15 @@ def make_app(state: UiState, security: Any) -> Any:
         body = await body_of(request)
         model, rag = _choice(state, body)
         old = state.model
-        if model != old:
+
+        def resolve() -> str:
+            # in a worker thread: loading a model takes seconds, and a running answer holds the lock
             with state.generate_lock:
-                ref = await run_in_threadpool(state.engine.switch_model, old, model)
-            label = ref.label
-        else:
-            label = state.engine.backend(model)[0].label
+                if model != old:
+                    return state.engine.switch_model(old, model).label
+                return state.engine.backend(model)[0].label
+
+        label = await run_in_threadpool(resolve)
         if rag != state.rag:
             state.engine.audit.append("rag_switch", rag=rag, previous=state.rag, channel="ui")
         state.model, state.rag = model, rag
