@@ -232,6 +232,24 @@ class AuditConfig(Section):
                               "larger is cheaper but lets the last N-1 records go unanchored).")
 
 
+class ServeConfig(Section):
+    """``raftsmith serve``: limits on what one request may ask for, and who may ask."""
+
+    max_tokens: int = Field(512, ge=1, description="Tokens an answer may use when the request sets no max_tokens.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Hard cap: a larger max_tokens in a request is clamped to this.")
+    max_messages: int = Field(64, ge=1, description="Most messages (turns) one request may carry; more is a 400.")
+    max_history_chars: int = Field(32000, ge=100, description="Most characters all messages together may hold; more is a 400.")
+    max_body_kb: int = Field(256, ge=1, description="Largest request body in KiB; a larger one is refused with 413.")
+    max_running: int = Field(1, ge=1, description="Generations running at once (each holds its model while it runs).")
+    max_waiting: int = Field(4, ge=0, description="Requests that may wait for a running slot; beyond that, 503 at once.")
+    wait_s: float = Field(120.0, gt=0, description="How long a waiting request waits for a slot before a 503.")
+    max_generation_s: float = Field(300.0, gt=0, description="Wall-clock cap on one generation; it is stopped after this.")
+    backlog: int = Field(128, ge=1, description="Listen backlog (connections the OS queues before accept).")
+    max_connections: int = Field(64, ge=1, description="Open connections uvicorn serves at once; beyond that, 503.")
+    require_token: bool = Field(False, description="Require the bearer token on loopback too (always required off loopback).")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header names accepted (besides loopback and the bound host), e.g. a LAN name used with --allow-remote.")
+
+
 class RaftsmithConfig(Section):
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
@@ -243,6 +261,7 @@ class RaftsmithConfig(Section):
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("corpus")
     @classmethod

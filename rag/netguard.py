@@ -36,12 +36,21 @@ class GuardLog:
 
 
 def is_loopback_host(host: Any) -> bool:
+    """True only for a loopback name (localhost, ...) or address (127.0.0.0/8, ::1, ::ffff:127.x).
+
+    ``""`` is not loopback: as a bind address it means every interface. An unknown or
+    unresolvable name is not loopback either. ``None`` is, because that is what
+    ``getaddrinfo(None, port)`` and ``connect`` resolve it to (the socket guard relies on it);
+    callers that bind must treat a missing host themselves.
+    """
     if host is None:
         return True
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
-    h = str(host).strip("[]").split("%", 1)[0]
-    if h.lower() in LOCAL_NAMES or h == "":
+    h = str(host).strip().strip("[]").split("%", 1)[0]
+    if not h:
+        return False
+    if h.lower().rstrip(".") in LOCAL_NAMES:
         return True
     try:
         ip = ipaddress.ip_address(h)

@@ -49,20 +49,29 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
                    "retention: the share of the base model's right answers the tuned model keeps.")
 @click.option("--retrieval", "retrieval_only", is_flag=True,
               help="Only measure retrieval: recall@k of dense, bm25 and hybrid on the questions (no model runs).")
+@click.option("--preferences", "preferences_only", is_flag=True,
+              help="Only summarise the arena marks made on the 'raftsmith ui' page (the human-preference row; no model runs).")
 @click.option("--k", "k", type=click.IntRange(1, 100), default=None, help="k for --retrieval (default: chat.top_k).")
 @click.option("--json", "as_json", is_flag=True)
 @offline_option
 @config_option
 @handle_errors
 def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
-             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, k: int | None, as_json: bool,
+             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, preferences_only: bool, k: int | None, as_json: bool,
              offline: bool,
              config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
-    from rag.evaluate import run_eval, table_header, table_rows
+    from rag.evaluate import run_eval, summarize_marks, table_header, table_rows
     from rag.netguard import maybe_offline
 
     ws = load_workspace(config_path)
+    if preferences_only:
+        prefs = summarize_marks(ws)
+        if as_json:
+            print_json({"human_preference": prefs.to_dict() if prefs else None})
+        else:
+            click.echo(prefs.line() if prefs else "No arena marks yet: mark answers in the Arena view of 'raftsmith ui'.")
+        return
     if retrieval_only:
         _retrieval_report(ws, list(questions) or None, limit, k, as_json)
         return
@@ -71,8 +80,10 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
     with maybe_offline(offline or ws.config.chat.offline), progress_bar(not as_json) as progress:
         report = run_eval(ws, models=names, rag_modes=modes, questions=list(questions) or None, out_dir=out_dir,
                           backend=backend, limit=limit, progress=progress, judge=judge, forgetting=forgetting)
+    prefs = summarize_marks(ws)
     if as_json:
         print_json({"out_dir": str(report.out_dir), "summary": report.summary,
+                    "human_preference": prefs.to_dict() if prefs else None,
                     "forgetting_probe": {k: v for k, v in (report.probe or {}).items() if k != "rows"} or None})
         return
     from rich.console import Console
@@ -84,4 +95,6 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
     for row in table_rows(report.summary):
         table.add_row(*row)
     Console().print(table)
+    if prefs is not None:
+        click.echo(prefs.line())
     click.echo(f"Report: {report.out_dir / 'report.html'}")

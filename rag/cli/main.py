@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("rag.cli.chat_cmds:chat_cmd", "Interactive chat with base/tuned switching."),
     "eval": ("rag.cli.eval_cmds:eval_cmd", "A/B evaluation: models x {rag, no-rag}."),
     "serve": ("rag.cli.serve_cmds:serve_cmd", "OpenAI-compatible RAG endpoint (loopback)."),
+    "ui": ("rag.cli.ui_cmds:ui_cmd", "A local web page: chat with sources, arena, status, eval report."),
     "audit": ("rag.cli.audit_cmds:audit_group", "Verify or show the hash-chained audit log."),
     "bundle": ("rag.cli.bundle_cmds:bundle_group", "Create, verify or install an offline bundle."),
     "demo": ("builder.cli.demo_cmds:demo_cmd", "The offline CPU demo, end to end."),

@@ -3,6 +3,7 @@
 :mod:`~rag.evaluate.questions` loads the question sets, :mod:`~rag.evaluate.metrics` scores
 answers, :mod:`~rag.evaluate.run` runs the models, :mod:`~rag.evaluate.report` writes
 results.json, report.md, report.html (jinja2 templates in ``templates/``) and chart.png,
+:mod:`~rag.evaluate.preferences` reads the arena marks of ``raftsmith ui``,
 :mod:`~rag.evaluate.probe` is the forgetting probe (general questions shipped in ``data/``),
 and :mod:`~rag.evaluate.judge` is the optional LLM grader.
 """
@@ -22,6 +23,7 @@ from rag.evaluate.metrics import (
     token_f1,
     tokens,
 )
+from rag.evaluate.preferences import PreferenceSummary, append_mark, summarize_marks
 from rag.evaluate.probe import ProbeItem, load_probe, probe_correct, run_probe
 from rag.evaluate.questions import (
     EvalItem,
@@ -44,7 +46,9 @@ __all__ = [
     "COLUMNS",
     "EvalItem",
     "EvalReport",
+    "PreferenceSummary",
     "ProbeItem",
+    "append_mark",
     "contains_match",
     "content_tokens",
     "correct_match",
@@ -64,6 +68,7 @@ __all__ = [
     "run_probe",
     "score_row",
     "summarize",
+    "summarize_marks",
     "table_header",
     "table_rows",
     "token_f1",
