@@ -35,6 +35,7 @@ from rag.index.store import (
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
 from rag.ingest.parsers import SkipFile, kind_for, parse_bytes
+from rag.ingest.secret_scan import scan_chunks
 from rag.progress import Progress, counter
 
 if TYPE_CHECKING:
@@ -220,6 +221,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     ing = _Ingestor(ws, progress)
     max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
     chunking_sig = f"{CHUNKER_VERSION}/{ws.config.corpus.chunk_tokens}/{ws.config.corpus.chunk_overlap}"
+    chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
 
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
@@ -251,6 +253,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                         continue
                     doc = parse_bytes(data, c.kind, c.path.name)
                     specs = ing.chunker.chunk(doc, c.source)
+                    specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
                     if not specs:
                         raise SkipFile("no text to index")
                     res.action = "updated" if old and old["n_chunks"] else "added"
