@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.bundle import install_bundle, verify_bundle
 from rag.bundle import headers as H
+from rag.bundle import install_bundle, verify_bundle
 from rag.errors import IntegrityError
 
 BLOCK = 512
