@@ -107,20 +107,43 @@ def build(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _peak_rss_mib(pid: int) -> float | None:
+    """VmHWM of a running child (Linux), read just before it is killed."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_child(mode: str, path: Path, timeout: float) -> dict[str, object]:
     code = _CHILD.format(root=str(ROOT))
     t = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", code, mode, str(path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run([sys.executable, "-c", code, mode, str(path)], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"seconds": None, "peak_rss_mib": None, "outcome": f"still running after {timeout:.0f} s (killed)",
+        rss = _peak_rss_mib(child.pid)
+        child.kill()
+        child.communicate()
+        return {"seconds": None, "peak_rss_mib": rss, "outcome": f"still running after {timeout:.0f} s (killed)",
                 "wall_s": round(time.perf_counter() - t, 1)}
-    lines = done.stdout.strip().splitlines()
+    lines = out.strip().splitlines()
     if not lines:
-        return {"seconds": None, "peak_rss_mib": None, "outcome": f"child failed: {done.stderr.strip()[-200:]}"}
+        return {"seconds": None, "peak_rss_mib": None, "outcome": f"child failed: {err.strip()[-200:]}"}
     result: dict[str, object] = json.loads(lines[-1])
     return result
+
+
+def _ms(seconds: object) -> str:
+    return f"{float(seconds) * 1000:.1f} ms" if isinstance(seconds, float) else "-"
+
+
+def _mib(value: object) -> str:
+    return f"{float(value):.0f} MiB" if isinstance(value, (int, float)) else "-"
 
 
 def main() -> None:
@@ -144,10 +167,8 @@ def main() -> None:
             if g["peak_rss_mib"] and t["peak_rss_mib"]:
                 row["rss_ratio_tarfile_over_guarded"] = round(t["peak_rss_mib"] / g["peak_rss_mib"], 2)
             results[name] = row
-            print(f"{name} ({row['bundle_bytes']} B): guarded {g['seconds'] and round(g['seconds'], 3)} s, "
-                  f"{g['peak_rss_mib'] and round(g['peak_rss_mib'])} MiB, {g['outcome']} | tarfile "
-                  f"{t['seconds'] and round(t['seconds'], 2)} s, {t['peak_rss_mib'] and round(t['peak_rss_mib'])} MiB, "
-                  f"{t['outcome']}")
+            print(f"{name} ({row['bundle_bytes']} B): guarded {_ms(g['seconds'])}, {_mib(g['peak_rss_mib'])}, "
+                  f"{g['outcome']} | tarfile {_ms(t['seconds'])}, {_mib(t['peak_rss_mib'])}, {t['outcome']}")
     report = {
         "benchmark": "bundle_hostile",
         "python": platform.python_version(),

@@ -7,6 +7,7 @@ sets), scanned for secrets, then written manifest-first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -178,8 +179,12 @@ def _sqlite_backup(src: Path, dst: Path) -> None:
             # A self-contained file: no -wal/-shm needed next to it on the laptop.
             target.execute("PRAGMA journal_mode=DELETE")
             target.commit()
-            # Free pages still hold the text of deleted chunks (a document edited to drop a
-            # key); VACUUM rewrites the copy without them, so only live rows travel.
+            # Deleted chunks linger: FTS5 keeps their terms in old segments until a merge, and
+            # free pages keep their text. 'optimize' and VACUUM rewrite the copy without them,
+            # so only live rows travel (a document edited to drop a key leaves no trace).
+            with contextlib.suppress(sqlite3.OperationalError):  # a store without the FTS table
+                target.execute("INSERT INTO chunks_fts(chunks_fts) VALUES('optimize')")
+                target.commit()
             target.execute("VACUUM")
         finally:
             target.close()

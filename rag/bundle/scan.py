@@ -76,26 +76,37 @@ def _live_label(names: tuple[str, ...]) -> str:
 
 def find_secrets(text: str, live: list[str] | dict[str, tuple[str, ...]], assignments: bool = True,
                  allow: frozenset[str] = frozenset()) -> list[Finding]:
-    """Every secret-looking thing in ``text`` not named in ``allow``, in text order."""
+    """Every secret-looking thing in ``text`` not named in ``allow``, in text order.
+
+    One span is reported once, by its most specific finding: a live value first, then a key
+    shape (table order), then an assignment. A span covered by an allowed live key is not
+    reported under its shape either.
+    """
     from rag.secrets import KEY_SHAPES
 
-    out: list[Finding] = []
+    ranked: list[tuple[Finding, bool]] = []  # (finding, allowed)
     for value, names in _live_map(live).items():
-        if names and allow.intersection(names):
-            continue
-        label = _live_label(names)
         start = text.find(value)
         while start != -1:
-            out.append(Finding(label, names, start, start + len(value)))
+            ranked.append((Finding(_live_label(names), names, start, start + len(value)),
+                           bool(names and allow.intersection(names))))
             start = text.find(value, start + len(value))
     for shape in KEY_SHAPES:
-        if shape.id in allow:
-            continue
-        out.extend(Finding(shape.label, (shape.id,), m.start(), m.end()) for m in shape.pattern.finditer(text))
+        ranked.extend((Finding(shape.label, (shape.id,), m.start(), m.end()), shape.id in allow)
+                      for m in shape.pattern.finditer(text))
     if assignments:
         for m in _ASSIGNMENT.finditer(text):
             if m.group(2).strip().lower() not in _EMPTY_VALUES:
-                out.append(Finding(f"a non-empty '{m.group(1)}' value", ("assignment",), m.start(2), m.end(2)))
+                ranked.append((Finding(f"a non-empty '{m.group(1)}' value", ("assignment",), m.start(2), m.end(2)),
+                               False))
+    taken: list[tuple[int, int]] = []
+    out: list[Finding] = []
+    for finding, allowed in ranked:
+        if any(finding.start < e and s < finding.end for s, e in taken):
+            continue
+        taken.append((finding.start, finding.end))
+        if not allowed:
+            out.append(finding)
     return sorted(out, key=lambda f: f.start)
 
 
