@@ -103,22 +103,43 @@ def outside_paths(cfg: RaftsmithConfig, root: Path) -> list[tuple[str, str, str]
     return found
 
 
+def _relative_inside(value: str, root: Path) -> str | None:
+    """An absolute (or ~) home path that lies inside ``root``, made relative; else None."""
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        return None
+    try:
+        rel = p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+    return rel if outside_reason(rel, root) is None else None
+
+
 def bundle_safe_config(cfg: RaftsmithConfig, root: Path) -> list[str]:
     """Rewrite (in place) the paths of a home config that would point outside the installed
-    workspace; return what changed, for the create report. Values are shown: they are paths,
-    not secrets. Install checks the result again with :func:`check_inside`."""
+    workspace; return what changed, for the create report. An absolute path inside the home
+    workspace becomes relative; one outside it is left out (lists) or reset to its default.
+    Values are shown: they are paths, not secrets. Install checks the result again with
+    :func:`check_inside`."""
     changed = []
     for entry in CONFIG_PATHS:
         value = _get(cfg, entry.key)
         bad = [v for v in _values(entry, value) if outside_reason(v, root) is not None]
         if not bad:
             continue
+        fixed = {v: r for v in bad if (r := _relative_inside(v, root)) is not None}
+        for v, r in fixed.items():
+            changed.append(f"{entry.key}: {v} is now {r!r} (relative to the workspace)")
+        dropped = [v for v in bad if v not in fixed]
         if entry.kind == "paths":
-            kept = [v for v in value if v not in bad]
+            kept = [fixed.get(v, v) for v in value if v not in dropped]
             if entry.key == "corpus.paths" and not kept:
                 kept = _fresh("corpus.paths")()
             _set(cfg, entry.key, kept)
-            changed.append(f"{entry.key}: left out {', '.join(bad)} (outside the workspace)")
+            if dropped:
+                changed.append(f"{entry.key}: left out {', '.join(dropped)} (outside the workspace)")
+        elif fixed:
+            _set(cfg, entry.key, fixed[value])
         elif entry.home_default is not None:
             new = entry.home_default()
             _set(cfg, entry.key, new)
