@@ -227,9 +227,6 @@ def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
         manifest, total, bundle_sha = extract_verified(src.absolute(), tmp, progress)
         provenance.check_digest(bundle_sha, expect_digest)
         signed = provenance.check_signature(src, bundle_sha, check_signature, signature)
-        marker.close()
-        marker = None
-        (tmp / _MARKER).unlink()
         (tmp / STATE_DIR).mkdir(exist_ok=True)
         (tmp / STATE_MANIFEST).write_text(json.dumps(manifest.raw, indent=1, sort_keys=True), encoding="utf-8")
         _configure(tmp, manifest)
@@ -242,6 +239,10 @@ def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
             if existed and not dest.exists():
                 dest.mkdir()
             raise
+        # The lock is held until the folder has its final name: no cleanup can take it first.
+        (dest / _MARKER).unlink()
+        marker.close()
+        marker = None
     except BaseException:
         if marker is not None:
             marker.close()

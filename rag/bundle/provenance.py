@@ -98,7 +98,9 @@ def check_signature(bundle: Path | None, digest: str, key_name: str | None,
     if key_name is None:
         return None
     path = Path(sig_path) if sig_path else (signature_path(bundle) if bundle else None)
-    if path is None or not path.is_file():
+    if path is None:
+        raise IntegrityError(f"--check-signature {key_name}: a stream has no .sig beside it; pass --signature PATH.")
+    if not path.is_file():
         raise IntegrityError(
             f"--check-signature {key_name}: no signature file {path} beside the bundle; copy the .sig "
             "'bundle create --sign' wrote, or pass --signature PATH. Nothing was installed."

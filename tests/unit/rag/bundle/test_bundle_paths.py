@@ -172,3 +172,4 @@ def test_killed_install_leaves_a_folder_the_next_install_removes(ws: Workspace, 
     assert foreign.is_dir() and busy.is_dir()
     assert sorted(p.name for p in laptop.iterdir()) == sorted(["kestrel", foreign.name, busy.name])
     assert (laptop / "kestrel" / "gguf" / "kestrel-smollm2" / big.name).stat().st_size == 64 << 20
+    assert not (laptop / "kestrel" / ".raftsmith-installing").exists()  # the lock marker does not stay behind
