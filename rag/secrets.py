@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from rag.errors import KeyringUnavailable
 from rag.providers import PROVIDERS
@@ -36,23 +36,33 @@ KNOWN_NAMES: tuple[str, ...] = tuple(PROVIDERS)
 # or a capital, after optional dash-separated prefixes (sk-proj-, sk-ant-api03-, sk-or-v1-):
 # hyphenated prose such as "sk-hynix-memory-roadmap-2025" is not a key.
 _DASH_KEY_BODY = r"(?:[A-Za-z0-9_]*-)*(?=[a-z_]*[A-Z0-9])[A-Za-z0-9_]{16,}"
-KEY_SHAPES: list[tuple[str, re.Pattern[str]]] = [
-    ("an OpenRouter API key (sk-or-...)", re.compile(r"(?<![A-Za-z0-9])sk-or-" + _DASH_KEY_BODY)),
-    ("an OpenAI/Anthropic-style API key (sk-/pk-/rk-...)",
-     re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-" + _DASH_KEY_BODY)),
-    ("a Stripe key (sk_live_/rk_live_...)", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
-    ("a GitHub token (ghp_/gho_/ghs_/github_pat_)",
-     re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
-    ("an AWS access key id (AKIA...)", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("a Slack token (xox...)", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
-    ("a Hugging Face token (hf_...)", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
+
+
+class KeyShape(NamedTuple):
+    id: str  # short name, e.g. for 'bundle create --allow-secret aws-key'
+    label: str  # what a finding reports
+    pattern: re.Pattern[str]
+
+
+KEY_SHAPES: list[KeyShape] = [
+    KeyShape("openrouter-key", "an OpenRouter API key (sk-or-...)",
+             re.compile(r"(?<![A-Za-z0-9])sk-or-" + _DASH_KEY_BODY)),
+    KeyShape("sk-key", "an OpenAI/Anthropic-style API key (sk-/pk-/rk-...)",
+             re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)-" + _DASH_KEY_BODY)),
+    KeyShape("stripe-key", "a Stripe key (sk_live_/rk_live_...)",
+             re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
+    KeyShape("github-token", "a GitHub token (ghp_/gho_/ghs_/github_pat_)",
+             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
+    KeyShape("aws-key", "an AWS access key id (AKIA...)", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    KeyShape("slack-token", "a Slack token (xox...)", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
+    KeyShape("hf-token", "a Hugging Face token (hf_...)", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
     # the whole block when it is there, so redaction removes the key body too
-    ("a PEM or PGP private key",
-     re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----"
-                r"(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----)?")),
+    KeyShape("private-key", "a PEM or PGP private key",
+             re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----"
+                        r"(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----)?")),
 ]
 #: any of KEY_SHAPES, as one pattern
-ANY_KEY = re.compile("|".join(f"(?:{p.pattern})" for _, p in KEY_SHAPES))
+ANY_KEY = re.compile("|".join(f"(?:{s.pattern.pattern})" for s in KEY_SHAPES))
 
 T = TypeVar("T")
 

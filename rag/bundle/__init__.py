@@ -1,8 +1,11 @@
 """Offline transfer bundle: one tar that carries a workspace's answering half to a laptop.
 
 Modules: :mod:`~rag.bundle.create`, :mod:`~rag.bundle.reader` (verify and the checking walk),
+:mod:`~rag.bundle.headers` (raw tar header checks before tarfile parses them),
 :mod:`~rag.bundle.install`, :mod:`~rag.bundle.manifest`, :mod:`~rag.bundle.members` (name and
-type checks), :mod:`~rag.bundle.scan` (secrets) and :mod:`~rag.bundle.reports`.
+type checks), :mod:`~rag.bundle.paths` (config paths stay inside the workspace),
+:mod:`~rag.bundle.provenance` (digest and HMAC signature), :mod:`~rag.bundle.scan` (secrets)
+and :mod:`~rag.bundle.reports`.
 
 Layout inside the tar (every path relative, POSIX, regular files only)::
 

@@ -7,6 +7,7 @@ sets), scanned for secrets, then written manifest-first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -15,7 +16,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +31,15 @@ from rag.bundle.members import (
     SAFE_EXPORT_NAME,
     check_member_name,
 )
+from rag.bundle.paths import bundle_safe_config
+from rag.bundle.provenance import sign_bundle, signing_key
 from rag.bundle.reports import BundleReport
-from rag.bundle.scan import is_text_member, live_secret_values, scan_file_for_secrets
+from rag.bundle.scan import (
+    is_text_member,
+    live_secrets,
+    scan_file_for_secrets,
+    scan_store_for_secrets,
+)
 from rag.config import Workspace, dump_config
 from rag.errors import ConfigError, IndexStoreError, IntegrityError
 from rag.fsutil import atomic_path, sha256_file
@@ -80,7 +88,7 @@ def _is_junk(name: str) -> bool:
 class _Source:
     arcname: str
     path: Path
-    scan: str | None = None  # "full" | "shapes" | None
+    scan: str | None = None  # "full" | "shapes" | "store" (SQLite chunk texts) | None
     expect_sha: str | None = None  # from the export manifest
     expect_size: int | None = None
 
@@ -151,7 +159,8 @@ def _copy_index(index_dir: Path, staging: Path) -> list[_Source]:
                 _sqlite_backup(p, dst)
             else:
                 shutil.copyfile(p, dst)
-            sources.append(_Source(f"index/{rel.as_posix()}", dst, scan="full" if is_text_member(p) else None))
+            scan = "store" if is_sqlite else "full" if is_text_member(p) else None
+            sources.append(_Source(f"index/{rel.as_posix()}", dst, scan=scan))
         if _index_state(index_dir) == before:
             return sources
         time.sleep(0.5)
@@ -170,6 +179,13 @@ def _sqlite_backup(src: Path, dst: Path) -> None:
             # A self-contained file: no -wal/-shm needed next to it on the laptop.
             target.execute("PRAGMA journal_mode=DELETE")
             target.commit()
+            # Deleted chunks linger: FTS5 keeps their terms in old segments until a merge, and
+            # free pages keep their text. 'optimize' and VACUUM rewrite the copy without them,
+            # so only live rows travel (a document edited to drop a key leaves no trace).
+            with contextlib.suppress(sqlite3.OperationalError):  # a store without the FTS table
+                target.execute("INSERT INTO chunks_fts(chunks_fts) VALUES('optimize')")
+                target.commit()
+            target.execute("VACUUM")
         finally:
             target.close()
     except sqlite3.Error as err:
@@ -194,8 +210,9 @@ def _embedding_sources(ws: Workspace) -> list[_Source]:
     return sources
 
 
-def _bundle_config_text(ws: Workspace, with_embedding: bool) -> str:
-    """The workspace config with every path pointing at the installed layout."""
+def _bundle_config_text(ws: Workspace, with_embedding: bool) -> tuple[str, list[str]]:
+    """The workspace config with every path pointing at the installed layout, and what was
+    rewritten because it pointed outside the workspace (see rag.bundle.paths)."""
     cfg = ws.config.model_copy(deep=True)
     if with_embedding:
         cfg.embedding.model = "embedding"
@@ -204,8 +221,13 @@ def _bundle_config_text(ws: Workspace, with_embedding: bool) -> str:
     cfg.chat.backend = "llama-cpp"
     cfg.chat.base_gguf = None  # home-machine paths do not travel; the export's base GGUF is used
     cfg.raft.questions = ["domain_questions"]
+    changed = bundle_safe_config(cfg, ws.root)
+    notes = [f"config rewritten for the laptop: {c}" for c in changed]
+    if not with_embedding and any(c.startswith("embedding.model") for c in changed):
+        notes.append("the bundle holds no embedding model: on the laptop, put the model folder at "
+                     "<installed workspace>/embedding (the same model that built the index)")
     header = "# raftsmith workspace installed from a bundle. Paths are relative to this file's folder.\n"
-    return header + dump_config(cfg)
+    return header + dump_config(cfg), notes
 
 
 # --------------------------------------------------------------------------- create
@@ -217,13 +239,22 @@ def create_bundle(
     include_embedding_model: bool = True,
     export_name: str | None = None,
     progress: Progress | None = None,
+    allow_secrets: Sequence[str] = (),
+    sign: str | None = None,
 ) -> BundleReport:
-    """Pack export + index + embedding model + config + questions into ``out_path`` (.tar or .tar.gz)."""
+    """Pack export + index + embedding model + config + questions into ``out_path`` (.tar or .tar.gz).
+
+    ``allow_secrets`` names findings of the secret scan that may travel anyway (a key shape
+    id such as ``aws-key``, or the env var / keyring name of a live key). ``sign`` names a
+    keyring key: the bundle's digest is HMAC-signed into ``<out>.sig`` (rag.bundle.provenance).
+    """
     t0 = time.perf_counter()
     out = Path(out_path).expanduser().absolute()
     compressed = out.name.endswith((".tar.gz", ".tgz"))
     if not (compressed or out.name.endswith(".tar")):
         raise ConfigError(f"Bundle name {out.name} must end in .tar or .tar.gz.")
+    if sign is not None:
+        signing_key(sign)  # fail before the long part when the key is missing
     out.parent.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix=".raftsmith-bundle-", dir=out.parent) as tmp:
@@ -238,13 +269,15 @@ def create_bundle(
         if include_embedding_model:
             sources += _embedding_sources(ws)
         cfg_file = staging / CONFIG_MEMBER
-        cfg_file.write_text(_bundle_config_text(ws, include_embedding_model), encoding="utf-8")
+        cfg_text, rewritten = _bundle_config_text(ws, include_embedding_model)
+        warnings += rewritten
+        cfg_file.write_text(cfg_text, encoding="utf-8")
         sources.append(_Source(CONFIG_MEMBER, cfg_file, scan="full"))
         qdir = ws.root / "domain_questions"
         for q in sorted([*qdir.glob("*.yaml"), *qdir.glob("*.yml")]) if qdir.is_dir() else []:
             sources.append(_Source(f"domain_questions/{q.name}", q, scan="full"))
 
-        _scan_sources(ws, sources)
+        _scan_sources(ws, sources, frozenset(allow_secrets))
         for s in sources:
             check_member_name(s.arcname)
         body: dict[str, Any] = {
@@ -258,8 +291,10 @@ def create_bundle(
         }
         with atomic_path(out) as tmp_out:
             total = _write_tar(tmp_out, sources, body, compressed, progress)
+    digest = sha256_file(out)  # one more read: a plain tar's manifest is patched in place at the end
+    sig_path = str(sign_bundle(out, digest, sign)) if sign is not None else None
     return BundleReport(str(out), len(sources), total, out.stat().st_size, round(time.perf_counter() - t0, 3),
-                        name, include_embedding_model, warnings)
+                        name, include_embedding_model, warnings, sha256=digest, signature=sig_path)
 
 
 def _export_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -269,11 +304,22 @@ def _export_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: manifest.get(k) for k in keys if k in manifest}
 
 
-def _scan_sources(ws: Workspace, sources: list[_Source]) -> None:
-    live = live_secret_values([ws.config.teacher.key_name or "", ws.config.audit.hmac_key_name or ""])
+def _scan_sources(ws: Workspace, sources: list[_Source], allow: frozenset[str]) -> None:
+    from rag.secrets import KEY_SHAPES
+
+    live = live_secrets([ws.config.teacher.key_name or "", ws.config.audit.hmac_key_name or ""])
+    known = {s.id for s in KEY_SHAPES} | {n for names in live.values() for n in names}
+    unknown = sorted(allow - known)
+    if unknown:
+        raise ConfigError(
+            f"--allow-secret {unknown[0]} names no key shape and no key held here; use a shape "
+            f"({', '.join(sorted(s.id for s in KEY_SHAPES))}) or the env var / keyring name of a key."
+        )
     for s in sources:
-        if s.scan is not None:
-            scan_file_for_secrets(s.path, s.arcname, live, assignments=(s.scan == "full"))
+        if s.scan == "store":
+            scan_store_for_secrets(s.path, s.arcname, live, allow)
+        elif s.scan is not None:
+            scan_file_for_secrets(s.path, s.arcname, live, assignments=(s.scan == "full"), allow=allow)
 
 
 def _write_tar(dest: Path, sources: list[_Source], body: dict[str, Any], compressed: bool,

@@ -8,7 +8,8 @@ after the files are in place: a down Ollama does not undo a verified install.
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
+import glob
 import json
 import os
 import shutil
@@ -23,11 +24,12 @@ import yaml
 
 from rag.bundle.manifest import BundleManifest, ManifestEntry
 from rag.bundle.members import CONFIG_MEMBER
-from rag.bundle.reader import STATE_MANIFEST, read_manifest, walk
+from rag.bundle.paths import check_inside
+from rag.bundle.reader import STATE_MANIFEST, read_manifest, walk_hashed
 from rag.bundle.reports import InstallReport
 from rag.config import STATE_DIR, Workspace, dump_config, load_workspace, parse_config
 from rag.errors import ConfigError, IntegrityError, RaftsmithError
-from rag.fsutil import BLOCK, atomic_write, sha256_file
+from rag.fsutil import atomic_write, sha256_file
 from rag.progress import Progress, counter
 
 
@@ -64,27 +66,51 @@ def extract_verified(src: Path, target: Path, progress: Progress | None) -> tupl
         return os.fdopen(fd, "wb")
 
     with open(src, "rb") as raw:
-        f = _WholeFileHash(raw)
-        manifest, total = walk(f, sink, counter(progress, src.stat().st_size, "installing"))  # type: ignore[arg-type]
-        while f.read(BLOCK):  # what tarfile left unread (end-of-archive blocks)
-            pass
+        manifest, total, digest = walk_hashed(raw, sink, counter(progress, src.stat().st_size, "installing"))
     for dst, entry in written:  # re-hash what reached the disk
         if dst.stat().st_size != entry.size or sha256_file(dst) != entry.sha256:
             raise IntegrityError(f"{dst} does not match the manifest after writing; check the disk and retry.")
-    return manifest, total, f.sha.hexdigest()
+    return manifest, total, digest
 
 
-class _WholeFileHash:
-    """Hashes the bundle file itself as tarfile streams it (for the audit record)."""
+# A killed install leaves its hidden sibling behind. Each install holds an flock on a marker
+# inside its own, so the next run can tell an abandoned folder (lock free) from a running one.
+_MARKER = ".raftsmith-installing"
 
-    def __init__(self, f: IO[bytes]):
-        self._f = f
-        self.sha = hashlib.sha256()
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.sha.update(data)
-        return data
+def _hold_marker(tmp: Path) -> IO[str]:
+    fh = open(tmp / _MARKER, "w", encoding="utf-8")  # noqa: SIM115 - held for the whole install
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def clean_stale_installs(dest: Path) -> list[Path]:
+    """Remove ``.<dest>.installing-*`` siblings left by killed installs; return what was removed.
+
+    Only folders that hold our marker and whose marker lock is free (no install is using
+    them) are removed; anything else with a similar name is left alone.
+    """
+    removed = []
+    for cand in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.installing-*")):
+        marker = cand / _MARKER
+        if cand.is_symlink() or not cand.is_dir() or marker.is_symlink() or not marker.is_file():
+            continue
+        try:
+            fh = open(marker, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # an install is running there now
+            shutil.rmtree(cand, ignore_errors=True)
+            removed.append(cand)
+        finally:
+            fh.close()
+    return removed
 
 
 def _check_dest(dest: Path) -> None:
@@ -131,6 +157,7 @@ def _configure(root: Path, manifest: BundleManifest) -> Path:
         raise IntegrityError(f"the bundled {CONFIG_MEMBER} is not valid YAML; rebuild the bundle with 'raftsmith bundle create'") from None
     cfg = parse_config(data, f"bundled {CONFIG_MEMBER}")
     paths = manifest.entries
+    check_inside(cfg, root)  # as bundled: refuse a crafted config before anything is rewritten
     cfg.chat.backend = "llama-cpp"
     cfg.chat.base_gguf = None
     cfg.export.out_dir = "gguf"
@@ -140,12 +167,9 @@ def _configure(root: Path, manifest: BundleManifest) -> Path:
         # Relative to the workspace root: the installed folder keeps working when it is moved.
         cfg.embedding.model = "embedding"
         _rehome_index(root / "index", str(manifest.raw.get("embedding_model") or "default"), cfg.embedding.model)
-    audit = Path(cfg.audit.path)
-    if audit.is_absolute() or ".." in audit.parts or cfg.audit.path.startswith("~"):
-        # The home machine's log location does not travel; everything stays inside dest.
-        cfg.audit.path = f"{STATE_DIR}/audit.jsonl"
     if any(p.startswith("domain_questions/") for p in paths):
         cfg.raft.questions = ["domain_questions"]
+    check_inside(cfg, root)
     header = "# raftsmith workspace installed from a bundle by 'raftsmith bundle install'.\n"
     atomic_write(cfg_path, header + dump_config(cfg))
     return cfg_path
@@ -178,19 +202,31 @@ def _rehome_index(index_dir: Path, bundled_as: str, now: str) -> None:
             atomic_write(meta, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
-                     progress: Progress | None) -> InstallReport:
+def install_verified(src: Path, dest: Path, *, register: bool, host: str | None, progress: Progress | None,
+                     expect_digest: str | None = None, check_signature: str | None = None,
+                     signature: str | os.PathLike[str] | None = None) -> InstallReport:
+    from rag.bundle import provenance
+
     t0 = time.perf_counter()
     if not src.is_file():
         raise ConfigError(f"Bundle {src} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
+    if expect_digest is not None:
+        provenance.normalize_digest(expect_digest)
+    if check_signature is not None:
+        provenance.signing_key(check_signature)  # a missing key fails before the long read
     dest = dest.expanduser().absolute()
     _check_dest(dest)
+    stale = clean_stale_installs(dest) if dest.parent.is_dir() else []
     _check_space(src, dest)
     created = _make_parents(dest.parent)
     existed = dest.is_dir()
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.installing-", dir=dest.parent))
+    marker = None
     try:
+        marker = _hold_marker(tmp)
         manifest, total, bundle_sha = extract_verified(src.absolute(), tmp, progress)
+        provenance.check_digest(bundle_sha, expect_digest)
+        signed = provenance.check_signature(src, bundle_sha, check_signature, signature)
         (tmp / STATE_DIR).mkdir(exist_ok=True)
         (tmp / STATE_MANIFEST).write_text(json.dumps(manifest.raw, indent=1, sort_keys=True), encoding="utf-8")
         _configure(tmp, manifest)
@@ -203,7 +239,13 @@ def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
             if existed and not dest.exists():
                 dest.mkdir()
             raise
+        # The lock is held until the folder has its final name: no cleanup can take it first.
+        (dest / _MARKER).unlink()
+        marker.close()
+        marker = None
     except BaseException:
+        if marker is not None:
+            marker.close()
         shutil.rmtree(tmp, ignore_errors=True)
         for d in created:  # innermost first
             try:
@@ -214,6 +256,8 @@ def install_verified(src: Path, dest: Path, *, register: bool, host: str | None,
     report = InstallReport(
         dest=str(dest), config_path=str(dest / CONFIG_MEMBER), members=len(manifest.entries), total_bytes=total,
         seconds=0.0, export_name=manifest.export_name, embedding_included=manifest.embedding_included,
+        sha256=bundle_sha, signed_by=signed.key_name if signed else None,
+        warnings=[f"removed {p.name}, left by an install that was killed" for p in stale],
     )
     ws = load_workspace(dest / CONFIG_MEMBER)
     _audit(ws, src, bundle_sha, manifest, report)
@@ -262,6 +306,15 @@ def install_bundle(
     register: bool = False,
     host: str | None = None,
     progress: Progress | None = None,
+    *,
+    expect_digest: str | None = None,
+    check_signature: str | None = None,
+    signature: str | os.PathLike[str] | None = None,
 ) -> InstallReport:
-    """Verify and install a bundle into ``dest`` (a new or empty folder), configured for llama-cpp."""
-    return install_verified(Path(path), Path(dest), register=register, host=host, progress=progress)
+    """Verify and install a bundle into ``dest`` (a new or empty folder), configured for llama-cpp.
+
+    ``expect_digest`` / ``check_signature`` (see :mod:`rag.bundle.provenance`) are checked
+    against the bytes that were read, before the installed folder is moved into place.
+    """
+    return install_verified(Path(path), Path(dest), register=register, host=host, progress=progress,
+                            expect_digest=expect_digest, check_signature=check_signature, signature=signature)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import lzma
 import os
 import tarfile
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from rag.bundle.headers import open_stream
 from rag.bundle.manifest import BundleManifest, ManifestEntry, unseal_manifest
 from rag.bundle.members import (
     MANIFEST_NAME,
@@ -45,7 +47,7 @@ def _readable_tar() -> Iterator[None]:
         yield
     except IntegrityError:
         raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as err:
         raise IntegrityError(
             f"the bundle is not a readable tar ({type(err).__name__}: {err}); it is truncated or damaged"
         ) from None
@@ -53,7 +55,7 @@ def _readable_tar() -> Iterator[None]:
 
 def walk(fileobj: IO[bytes], sink: Sink | None, advance: Callable[[int], None]) -> tuple[BundleManifest, int]:
     """Stream every member, checking names, types, sizes and hashes against the manifest."""
-    with _readable_tar(), tarfile.open(fileobj=fileobj, mode="r|*") as tf:
+    with _readable_tar(), open_stream(fileobj) as tf:
         first = tf.next()
         if first is None or first.name != MANIFEST_NAME or not first.isreg():
             raise IntegrityError("the bundle does not start with manifest.json; it is not a raftsmith bundle or is damaged")
@@ -105,7 +107,7 @@ def walk(fileobj: IO[bytes], sink: Sink | None, advance: Callable[[int], None]) 
 
 def read_manifest(src: Path) -> BundleManifest:
     """Only the (sealed, checked) manifest: the first member, read without touching the rest."""
-    with open(src, "rb") as f, _readable_tar(), tarfile.open(fileobj=f, mode="r|*") as tf:
+    with open(src, "rb") as f, _readable_tar(), open_stream(f) as tf:
         first = tf.next()
         if first is None or first.name != MANIFEST_NAME or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
             raise IntegrityError("the bundle does not start with manifest.json; it is not a raftsmith bundle or is damaged")
@@ -135,18 +137,57 @@ def _stream_member(tf: tarfile.TarFile, m: tarfile.TarInfo, out: IO[bytes] | Non
     return h.hexdigest(), count
 
 
-def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: Progress | None = None) -> VerifyReport:
-    """Check every member against the manifest; raise IntegrityError naming the first problem."""
+class WholeFileHash:
+    """Hashes the bundle file itself as tarfile streams it (digest, signature, audit record)."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.sha.update(data)
+        return data
+
+    def finish(self) -> str:
+        """Read what tarfile left (end-of-archive blocks, padding) and return the file's sha256."""
+        while self.read(BLOCK):
+            pass
+        return self.sha.hexdigest()
+
+
+def walk_hashed(fileobj: IO[bytes], sink: Sink | None, advance: Callable[[int], None]) -> tuple[BundleManifest, int, str]:
+    """``walk``, plus the sha256 of every byte of ``fileobj`` (one read)."""
+    f = WholeFileHash(fileobj)
+    manifest, total = walk(f, sink, advance)  # type: ignore[arg-type]
+    return manifest, total, f.finish()
+
+
+def verify_bundle(path: str | os.PathLike[str] | IO[bytes], progress: Progress | None = None, *,
+                  expect_digest: str | None = None, check_signature: str | None = None,
+                  signature: str | os.PathLike[str] | None = None) -> VerifyReport:
+    """Check every member against the manifest; raise IntegrityError naming the first problem.
+
+    ``expect_digest`` (the sha256 'bundle create' printed) and ``check_signature`` (a keyring
+    key name; the HMAC in ``<bundle>.sig`` or ``signature``) tie the file to its maker.
+    """
+    from rag.bundle import provenance
+
     t0 = time.perf_counter()
+    if expect_digest is not None:
+        provenance.normalize_digest(expect_digest)  # a typo fails before the long read
     if not isinstance(path, (str, os.PathLike)):
-        manifest, total = walk(path, None, lambda n: None)
-        shown = "<stream>"
+        manifest, total, digest = walk_hashed(path, None, lambda n: None)
+        shown, bundle_path = "<stream>", None
     else:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"Bundle {p} does not exist; pass the path of a .tar made by 'raftsmith bundle create'.")
         with open(p, "rb") as f:
-            manifest, total = walk(f, None, counter(progress, p.stat().st_size, "verifying"))
-        shown = str(p)
+            manifest, total, digest = walk_hashed(f, None, counter(progress, p.stat().st_size, "verifying"))
+        shown, bundle_path = str(p), p
+    provenance.check_digest(digest, expect_digest)
+    signed = provenance.check_signature(bundle_path, digest, check_signature, signature)
     return VerifyReport(shown, len(manifest.entries), total, round(time.perf_counter() - t0, 3), manifest.export_name,
-                        manifest.created_at, manifest.raftsmith_version, manifest.embedding_included)
+                        manifest.created_at, manifest.raftsmith_version, manifest.embedding_included,
+                        sha256=digest, signed_by=signed.key_name if signed else None)

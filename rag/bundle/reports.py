@@ -16,6 +16,8 @@ class BundleReport:
     export_name: str | None
     embedding_included: bool
     warnings: list[str] = field(default_factory=list)
+    sha256: str = ""  # of the bundle file: compare it on the laptop (--expect-digest)
+    signature: str | None = None  # path of the .sig written by --sign
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,6 +33,8 @@ class VerifyReport:
     created_at: str
     raftsmith_version: str
     embedding_included: bool
+    sha256: str = ""
+    signed_by: str | None = None  # the key name a checked signature verified under
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +51,8 @@ class InstallReport:
     embedding_included: bool
     registered: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    sha256: str = ""
+    signed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ from rag.index.store import (
 from rag.ingest.chunker import Chunker, ChunkSpec
 from rag.ingest.parsers import SkipFile, TextLimits, kind_for, parse_bytes
 from rag.ingest.reading import read_regular
+from rag.ingest.secret_scan import scan_chunks
 from rag.progress import Progress, counter
 
 if TYPE_CHECKING:
@@ -222,6 +223,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
     limits = TextLimits.for_corpus(ws.config.corpus)
     chunking_sig = f"{CHUNKER_VERSION}/{ws.config.corpus.chunk_tokens}/{ws.config.corpus.chunk_overlap}"
+    chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
 
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
@@ -251,6 +253,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                     doc = parse_bytes(data, c.kind, c.path.name, limits)
                     del data
                     specs = ing.chunker.chunk(doc, c.source)
+                    specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
                     if not specs:
                         raise SkipFile("no text to index")
                     if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)

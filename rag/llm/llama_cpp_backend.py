@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.errors import BackendError, ConfigError
+from rag.errors import BackendError, ConfigError, IntegrityError
 from rag.llm.base import Message
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,28 @@ def _trained_context(llm: Any) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def chat_template_guard(model_label: str) -> Iterator[None]:
+    """A GGUF's chat template that the Jinja sandbox stops becomes an IntegrityError.
+
+    llama-cpp-python renders ``tokenizer.chat_template`` in jinja2's immutable sandbox; a
+    template that reaches for Python internals or mutates objects raises SecurityError, which
+    says the file is crafted, not that raftsmith has a bug.
+    """
+    try:
+        yield
+    except Exception as err:
+        from jinja2.exceptions import SecurityError
+
+        if isinstance(err, SecurityError):
+            raise IntegrityError(
+                f"The chat template inside {model_label} tried an operation the Jinja sandbox forbids ({err}); "
+                "the GGUF is crafted or damaged. Use a GGUF from a trusted export ('raftsmith export' or a "
+                "verified bundle) or download the model again."
+            ) from None
+        raise
+
+
 def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
@@ -169,7 +191,8 @@ class LlamaCppBackend:
                 eos_token=model.token_get_text(eos) if eos != -1 else "",
                 bos_token=model.token_get_text(bos) if bos != -1 else "",
             )
-        return str(self._formatter(messages=[dict(m) for m in messages]).prompt)
+        with chat_template_guard(self.model_label):
+            return str(self._formatter(messages=[dict(m) for m in messages]).prompt)
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens the rendered prompt occupies in the context (exact when the GGUF has a template)."""
@@ -192,7 +215,7 @@ class LlamaCppBackend:
         }
         if stream:
             return self._stream(kwargs)
-        with self._lock:
+        with self._lock, chat_template_guard(self.model_label):
             try:
                 out = self._llm.create_chat_completion(**kwargs)
             except ValueError as err:  # e.g. prompt longer than the context
@@ -200,7 +223,7 @@ class LlamaCppBackend:
         return str(out["choices"][0]["message"].get("content") or "")
 
     def _stream(self, kwargs: dict[str, Any]) -> Iterator[str]:
-        with self._lock:
+        with self._lock, chat_template_guard(self.model_label):
             try:
                 chunks = self._llm.create_chat_completion(stream=True, **kwargs)
                 for part in chunks:
