@@ -51,9 +51,14 @@ class LoraSpec:
         return list(range(n_layers - self.top_layers, n_layers))
 
 
-def _n_layers(model: Any) -> int:
+def text_config(model: Any) -> Any:
+    """The model's (text) config: multimodal models keep the language model's under text_config."""
     cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def _n_layers(model: Any) -> int:
+    cfg = text_config(model)
     n = getattr(cfg, "num_hidden_layers", None)
     if not isinstance(n, int):
         raise TrainingError("student.lora.top_layers needs a model whose config names num_hidden_layers; remove the setting.")

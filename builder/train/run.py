@@ -26,6 +26,7 @@ from builder.train.backends import (
     is_oom,
     quiet_libraries,
     select_backend,
+    text_config,
 )
 from builder.train.base_model import resolve_base
 from builder.train.frozen_cache import attach as attach_frozen_cache
@@ -294,9 +295,7 @@ def _knowledge_tracker(ws: Workspace, eval_ds: datamod.Dataset | None, tokenizer
 
 
 def _attention_dropout(model: Any) -> float:
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
-    value = getattr(cfg, "attention_dropout", 0.0)
+    value = getattr(text_config(model), "attention_dropout", 0.0)
     return float(value) if isinstance(value, (int, float)) else 1.0
 
 

@@ -24,7 +24,7 @@ from rag.evaluate.metrics import (
     tokens,
 )
 from rag.evaluate.preferences import PreferenceSummary, append_mark, summarize_marks
-from rag.evaluate.probe import ProbeItem, load_probe, probe_correct, run_probe
+from rag.evaluate.probe import ProbeItem, load_probe, probe_correct
 from rag.evaluate.questions import (
     EvalItem,
     default_questions,
@@ -65,7 +65,6 @@ __all__ = [
     "probe_correct",
     "retrieval_recall",
     "run_eval",
-    "run_probe",
     "score_row",
     "summarize",
     "summarize_marks",

@@ -17,7 +17,6 @@ import yaml
 
 from rag.errors import ConfigError
 from rag.evaluate.metrics import correct_match
-from rag.progress import Progress, emit
 
 if TYPE_CHECKING:
     from rag.answer import Answerer
@@ -79,17 +78,3 @@ def probe_summary(items: Sequence[ProbeItem], models: Sequence[str], answers: di
                     **{f"{m}_answer": answers[m][it.id] for m in models},
                     **{f"{m}_right": it.id in right[m] for m in models}} for it in items]
     return out
-
-
-def run_probe(engine: Answerer, models: Sequence[str], backend: str | None = None,
-              progress: Progress | None = None, max_tokens: int = 24,
-              limit: int | None = None) -> dict[str, Any]:
-    """General questions closed book through each model, one model after the other."""
-    items = load_probe()[:limit] if limit else load_probe()
-    answers: dict[str, dict[str, str]] = {}
-    for k, model in enumerate(models):
-        def tick(i: int, k: int = k, model: str = model) -> None:
-            emit(progress, k * len(items) + i, len(items) * len(models), f"{model} forgetting probe {i}/{len(items)}")
-
-        answers[model] = probe_model(engine, model, items, backend, max_tokens, tick)
-    return probe_summary(items, models, answers, max_tokens)
