@@ -27,7 +27,8 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
     click.echo(f"Retrieval recall@{rep['k']} over {rep['questions']} answerable questions (chat.mode is "
                f"{ws.config.chat.mode}):")
     for mode, value in rep["recall"].items():
-        click.echo(f"  {mode:<7} {value:.2f}{'  <- best' if mode == rep['best'] else ''}")
+        click.echo(f"  {mode:<7} {value:.2f}  (MRR {rep['mrr'][mode]:.2f}){'  <- best' if mode == rep['best'] else ''}")
+    click.echo("Ties in recall go to the higher MRR (the answer-bearing passage ranked nearer the top).")
     if rep["best"] != ws.config.chat.mode:
         click.echo(f"Set chat.mode: {rep['best']} in raftsmith.yaml to use the best mode for these questions.")
 

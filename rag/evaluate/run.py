@@ -47,6 +47,8 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
     rows) or contains the normalized reference answer (question YAML items). This is the
     ceiling RAG answers can reach with ``chat.top_k = k`` (after the ``chat.min_score``
     relevance gate, as in answering): measure it on your own question set to choose ``chat.mode``.
+    ``mrr`` is the mean reciprocal rank of the first answer-bearing chunk within those k; it
+    breaks ties in recall when ``best`` is chosen.
     """
     from rag.answer import split_relevant
     from rag.retrieve import Retriever
@@ -59,20 +61,27 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
     retriever = Retriever.from_workspace(ws)
     try:
         recall: dict[str, float] = {}
+        mrr: dict[str, float] = {}
         for mode in modes:
             results = retriever.search_many([it.question for it in answerable], k=k, mode=mode, dense_scores=True)
-            found = 0
+            found, reciprocal = 0, 0.0
             for it, hits in zip(answerable, results, strict=True):
                 chunks, _below = split_relevant(hits, min_score)  # what an answer would be given
                 ref = normalize(it.answer or "")
-                ids = {c.chunk_id for c in chunks}
-                if set(it.oracle_chunk_ids) & ids or any(contains_words(normalize(c.text), ref) for c in chunks):
+                oracles = set(it.oracle_chunk_ids)
+                rank = next((r for r, c in enumerate(chunks, start=1)
+                             if c.chunk_id in oracles or contains_words(normalize(c.text), ref)), None)
+                if rank is not None:
                     found += 1
+                    reciprocal += 1.0 / rank
             recall[mode] = round(found / len(answerable), 4)
+            mrr[mode] = round(reciprocal / len(answerable), 4)
     finally:
         retriever.close()
-    best = max(recall, key=lambda m: (recall[m], m == "hybrid"))  # ties go to hybrid
-    return {"k": k, "questions": len(answerable), "recall": recall, "best": best}
+    # A tie in recall goes to the mode that ranks the answer-bearing chunk higher (a small model
+    # reads the first passage most), then to hybrid.
+    best = max(recall, key=lambda m: (recall[m], mrr[m], m == "hybrid"))
+    return {"k": k, "questions": len(answerable), "recall": recall, "mrr": mrr, "best": best}
 
 
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),

@@ -70,6 +70,10 @@ def test_eval_retrieval_measures_recall_per_mode_without_a_model(tmp_path: Path)
     assert all(0.0 <= v <= 0.6667 for v in rep["recall"].values())  # rounded to 4 places
     assert rep["recall"]["bm25"] == pytest.approx(2 / 3, abs=1e-3)  # exact-term questions: BM25 finds both
     assert rep["recall"][rep["best"]] == max(rep["recall"].values())
+    # MRR is at most recall (a found passage ranks 1..k) and breaks ties in recall
+    assert all(0.0 < rep["mrr"][m] <= rep["recall"][m] for m in rep["recall"] if rep["recall"][m])
+    tied = [m for m in rep["recall"] if rep["recall"][m] == rep["recall"][rep["best"]]]
+    assert rep["mrr"][rep["best"]] == max(rep["mrr"][m] for m in tied)
     assert not (root / ".raftsmith" / "audit.jsonl").exists()  # no model was asked anything
     text = CliRunner().invoke(cli, args)
     assert text.exit_code == 0 and "<- best" in text.output and "recall@5 over 3" in text.output
