@@ -197,6 +197,18 @@ class ExportConfig(Section):
     name: str | None = Field(None, description="Export name (default: corpus name + family).")
 
 
+class RetrieverTrainConfig(Section):
+    """``raftsmith train-retriever``: fine-tuning the embedder on the RAFT rows' question/oracle pairs."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the (question, oracle chunk) pairs.")
+    batch_size: int = Field(32, ge=2, description="Pairs per step; the other pairs in a batch are the easy negatives.")
+    lr: float = Field(5e-5, gt=0, description="Learning rate (AdamW, linear warm-up over 10% of the steps).")
+    hard_negatives: int = Field(1, ge=0, le=8, description="RAFT distractor chunks per pair used as hard negatives.")
+    max_seq_length: int | None = Field(None, ge=16, description="Tokens per text while training (default: the model's).")
+    out_dir: str = Field(f"{STATE_DIR}/embedders", description="Where tuned embedders are written (relative to the workspace).")
+    seed: int = 0
+
+
 class OllamaConfig(Section):
     host: str | None = Field(None, description="Default: $OLLAMA_HOST or http://127.0.0.1:11434.")
     base_model_name: str | None = Field(None, description="Name of the base model already in Ollama.")
@@ -262,6 +274,7 @@ class RaftsmithConfig(Section):
     raft: RaftConfig = Field(default_factory=RaftConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    retriever: RetrieverTrainConfig = Field(default_factory=RetrieverTrainConfig)
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)

@@ -24,6 +24,7 @@ from builder.export import llamacpp
 from builder.export.modelfile import MIN_NUM_CTX, render_modelfile, template_agreement
 from builder.export.verify import Verification, verify_gguf
 from builder.families import chat_format, get_family
+from builder.retriever.report import manifest_entry as retriever_manifest_entry
 from builder.train.base_model import BaseModel, cache_dir, file_lock, resolve_base
 from builder.train.run import RUN_FILE, latest_run, library_versions, utc_now, write_json_atomic
 from rag.config import Workspace
@@ -267,4 +268,6 @@ def _manifest(ws: Workspace, name: str, meta: dict[str, Any], base: BaseModel, l
         "ollama": {"base_model": ws.config.ollama.base_model_name or fam.ollama_base,
                    "num_ctx": max(ws.config.chat.num_ctx, MIN_NUM_CTX)},
         "verification": [c.to_dict() for c in checks],
+        # the tuned embedder's base-vs-tuned recall, while embedding.model is that embedder
+        **({"retriever": entry} if (entry := retriever_manifest_entry(ws)) else {}),
     }

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("rag.cli.keys_cmds:keys_group", "Store, delete or list API keys in the OS keyring."),
     "generate": ("builder.cli.generate_cmds:generate_cmd", "Generate RAFT training data with a teacher."),
     "train": ("builder.cli.train_cmds:train_cmd", "LoRA/QLoRA fine-tune the student model."),
+    "train-retriever": ("builder.cli.retriever_cmds:train_retriever_cmd",
+                        "Fine-tune the embedder on the RAFT rows and re-embed the index."),
     "export": ("builder.cli.export_cmds:export_cmd", "Merge, convert to GGUF, quantize, write Modelfiles."),
     "register": ("rag.cli.register_cmds:register_group", "Register the exported models with Ollama; list or remove them."),
     "ask": ("rag.cli.ask_cmds:ask_cmd", "Answer one question with citations."),
