@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from builder.retriever.switch import (
     swap_index,
 )
 from rag.config import EmbeddingConfig, RetrieverTrainConfig, Workspace
-from rag.errors import IndexStoreError
+from rag.errors import ConfigError, IndexStoreError
 from rag.index.store import writer_lock
 from rag.progress import Progress, emit
 
@@ -118,7 +119,12 @@ def run_train_retriever(
     previous = ws.config.embedding.model or "default"
     resolve_model_dir(ws.config.embedding, ws.root)  # the index's embedder must load: a clear error if not
     start = base or _start_model(ws)
-    start_dir = resolve_model_dir(EmbeddingConfig(model=start), ws.root)
+    try:
+        start_dir = resolve_model_dir(EmbeddingConfig(model=start), ws.root)
+    except ConfigError as err:
+        if base is None:
+            raise
+        raise ConfigError(f"--base: {err}") from None
     dev = device or ws.config.embedding.device
 
     with Retriever.from_workspace(ws) as live:
@@ -130,6 +136,7 @@ def run_train_retriever(
 
     out_root = ws.path(cfg.out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_root)
     name = f"{ws.config.corpus.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     final = out_root / name
     n = 1
@@ -173,10 +180,17 @@ def _reembed_and_switch(ws: Workspace, model: str, queries: list[Any], base_reca
                         force: bool, progress: Progress | None) -> tuple[dict[str, dict[str, float]], int, bool, str]:
     """Re-embed a staged copy of the index under ``model``, measure it, and swap it in unless it is
     worse; the live index stays locked for writers throughout, so no ingest is lost in the swap."""
+    with writer_lock(ws.index_dir):
+        remove_stale(ws.index_dir.parent)  # staged copies of killed runs (we hold the writer lock)
+        return _switch_locked(ws, model, queries, base_recall, force, progress)
+
+
+def _switch_locked(ws: Workspace, model: str, queries: list[Any], base_recall: dict[str, dict[str, float]],
+                   force: bool, progress: Progress | None) -> tuple[dict[str, dict[str, float]], int, bool, str]:
     from rag.ingest.pipeline import ingest
     from rag.retrieve import Retriever
 
-    with writer_lock(ws.index_dir), staged_index(ws) as stage:
+    with staged_index(ws) as stage:
         paths = reingest_paths(ws, _stored_sources(ws))
         staged_ws = _with_model(ws, model, index_path=stage)
         emit(progress, 0, 0, "re-embedding the index with the tuned model")
@@ -212,6 +226,23 @@ def _with_model(ws: Workspace, model: str, index_path: Path | None = None) -> Wo
     if index_path is not None:
         cfg.index.path = str(index_path)
     return Workspace(ws.root, cfg, ws.config_path)
+
+
+_STALE = re.compile(r"^\..+\.(?:partial|retune|old|failed)-(\d+)(?:\.trainer)?$")
+
+
+def remove_stale(folder: Path) -> None:
+    """Partial models and staged index copies of runs that were killed (their process is gone)."""
+    for p in folder.glob(".*"):
+        m = _STALE.match(p.name)
+        if m is None or not p.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def _stored_sources(ws: Workspace) -> list[str]:

@@ -94,7 +94,7 @@ def train_embedder(start_dir: Path, pairs: Sequence[Pair], out_dir: Path, cfg: R
             if logs and "loss" in logs:
                 losses_seen.append(float(logs["loss"]))
 
-    work = out_dir.parent / f".{out_dir.name}.trainer"  # the HF trainer's scratch folder (no checkpoints)
+    work = out_dir.with_name(out_dir.name + ".trainer")  # the HF trainer's scratch folder (no checkpoints)
     bf16 = dev == "cuda" and torch.cuda.is_bf16_supported()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
