@@ -97,23 +97,14 @@ def prepare(data: Path, root: Path) -> tuple[Workspace, dict[str, str], dict[str
 
 
 def doc_recall(ws: Workspace, questions: list[str], gold: list[str]) -> dict[str, dict[str, float]]:
+    """Document recall@1/5/10 and MRR over the top 50 chunks, as benchmarks/retrieval.py ranks them."""
+    from builder.retriever.evaluate import recall_at_k
+    from builder.retriever.pairs import Query
     from rag.retrieve import Retriever
 
-    out: dict[str, dict[str, float]] = {}
+    queries = [Query(f"eval-{i}", q, [], [want]) for i, (q, want) in enumerate(zip(questions, gold, strict=True))]
     with Retriever.from_workspace(ws) as r:
-        for mode in MODES:
-            results = r.search_many(questions, k=50, mode=mode)
-            ranks: list[int | None] = []
-            for chunks, want in zip(results, gold, strict=True):
-                docs: list[str] = []
-                for c in chunks:
-                    if c.source not in docs:
-                        docs.append(c.source)
-                ranks.append(docs.index(want) + 1 if want in docs else None)
-            out[mode] = {f"recall@{k}": round(sum(1 for x in ranks if x is not None and x <= k) / len(ranks), 4)
-                         for k in (1, 5, 10)}
-            out[mode]["mrr@50"] = round(sum(1 / x for x in ranks if x) / len(ranks), 4)
-    return out
+        return recall_at_k(r, queries, MODES, unit="source", depth=50)
 
 
 def main() -> None:

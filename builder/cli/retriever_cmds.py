@@ -24,7 +24,8 @@ def _fmt_recall(figures: dict[str, dict[str, float]], mode: str) -> str:
 @click.option("--hard-negatives", type=click.IntRange(0, 8), default=None,
               help="RAFT distractors per pair used as hard negatives (default: retriever.hard_negatives).")
 @click.option("--max-seq-length", type=click.IntRange(min=16), default=None, help="Tokens per text while training.")
-@click.option("--device", default=None, help="cpu, cuda or auto (default: embedding.device).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
+              help="Where to train (default: embedding.device; auto = CUDA when present).")
 @click.option("--base", default=None, help="Model to start from (default: the configured embedder's own base).")
 @click.option("--train-file", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Training JSONL (default: training_data/<corpus>.train.jsonl).")

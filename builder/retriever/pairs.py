@@ -46,6 +46,7 @@ class Query:
     question_id: str
     question: str
     oracle_chunk_ids: list[str]
+    oracle_sources: list[str] = field(default_factory=list)  # for document-level recall
 
 
 @dataclass

@@ -87,8 +87,15 @@ def _start_model(ws: Workspace) -> str:
 
 
 def _settings(ws: Workspace, overrides: dict[str, Any]) -> RetrieverTrainConfig:
+    """retriever.* from the config, with the flags given on top (checked like the config)."""
+    from pydantic import ValidationError
+
     given = {k: v for k, v in overrides.items() if v is not None}
-    return ws.config.retriever.model_copy(update=given) if given else ws.config.retriever
+    try:
+        return RetrieverTrainConfig.model_validate({**ws.config.retriever.model_dump(), **given})
+    except ValidationError as err:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"Invalid train-retriever setting ({bad}); fix the flag or retriever.* in raftsmith.yaml.") from None
 
 
 def run_train_retriever(
@@ -113,7 +120,6 @@ def run_train_retriever(
 
     cfg = _settings(ws, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "hard_negatives": hard_negatives,
                          "max_seq_length": max_seq_length})
-    RetrieverTrainConfig.model_validate(cfg.model_dump())  # flags get the config's range checks
     if not (ws.index_dir / "store.sqlite").is_file():
         raise IndexStoreError(f"No index at {ws.index_dir}. Run 'raftsmith ingest' first, then 'raftsmith generate'.")
     previous = ws.config.embedding.model or "default"
