@@ -79,6 +79,7 @@ def train_embedder(start_dir: Path, pairs: Sequence[Pair], out_dir: Path, cfg: R
     if dev == "cuda" and not torch.cuda.is_available():
         raise TrainingError("embedding.device is 'cuda' but no CUDA device is visible; set it to 'auto' or 'cpu'.")
     model = SentenceTransformer(str(start_dir), device=dev)
+    serve_length = model.max_seq_length
     if cfg.max_seq_length is not None:
         model.max_seq_length = cfg.max_seq_length
     batch = max(2, min(cfg.batch_size, len(pairs)))
@@ -126,8 +127,12 @@ def train_embedder(start_dir: Path, pairs: Sequence[Pair], out_dir: Path, cfg: R
         raise TrainingError(f"Out of GPU memory at batch size {batch}: lower retriever.batch_size "
                             "(or --batch-size) or retriever.max_seq_length.") from None
     seconds = time.perf_counter() - t0
+    trained_length = int(model.max_seq_length or 0)
+    # A shorter length is a training-time saving only: the saved model reads as much as the base
+    # did, so ingest chunks exactly as before (its chunk budget follows the model's length).
+    model.max_seq_length = serve_length
     model.save(str(out_dir))
     shutil.rmtree(work, ignore_errors=True)
     return TrainStats(steps=int(trainer.state.global_step or 0), seconds=round(seconds, 2),
                       final_loss=round(losses_seen[-1], 5) if losses_seen else None, device=dev,
-                      max_seq_length=int(model.max_seq_length or 0))
+                      max_seq_length=trained_length)

@@ -23,7 +23,7 @@ from tests._runtime_ws import add_fixture_export, make_workspace
 pytestmark = pytest.mark.integration
 
 #: small enough for a 2-core CI box: one pass at 128 tokens per text
-TRAIN = {"epochs": 1.0, "batch_size": 32, "max_seq_length": 128}
+TRAIN: dict[str, Any] = {"epochs": 1.0, "batch_size": 32, "max_seq_length": 128}
 
 
 def _digest(d: Path) -> dict[str, str]:
@@ -48,21 +48,24 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tuned(generated: Path, tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[Path, Any, str]:
-    """A copy of ``generated`` with an export, tuned once; (root, result, config text before)."""
+def tuned(generated: Path, tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[Path, Any, str, set[str]]:
+    """A copy of ``generated`` with an export, tuned once: (root, result, config text before, chunk ids before)."""
     from builder.retriever.run import run_train_retriever
+    from rag.retrieve import Retriever
 
     root = _copy(generated, tmp_path_factory.mktemp("tuned") / "ws")
     add_fixture_export(root, smollm2_gguf)
     before = (root / "raftsmith.yaml").read_text()
+    with Retriever.from_workspace(load_workspace(root / "raftsmith.yaml")) as r:
+        ids = {c.chunk_id for c in r.all_chunks()}
     res = run_train_retriever(load_workspace(root / "raftsmith.yaml"), **TRAIN)
-    return root, res, before
+    return root, res, before, ids
 
 
-def test_tuning_improves_recall_on_held_out_questions_and_switches(tuned: tuple[Path, Any, str]) -> None:
+def test_tuning_improves_recall_on_held_out_questions_and_switches(tuned: tuple[Path, Any, str, set[str]]) -> None:
     from rag.retrieve import Retriever
 
-    root, res, before = tuned
+    root, res, before, chunk_ids = tuned
     assert res.switched, res.reason
     assert res.eval_questions >= 5 and res.pairs >= 50
     base, new = res.base["dense"], res.tuned["dense"]
@@ -78,17 +81,19 @@ def test_tuning_improves_recall_on_held_out_questions_and_switches(tuned: tuple[
     ws = load_workspace(root / "raftsmith.yaml")
     with Retriever.from_workspace(ws) as r:  # the index was re-embedded with the tuned model
         assert r.store.get_meta("embedding_model") == res.model
+        # ... over the same chunks: training at a shorter length must not change how ingest chunks
+        assert {c.chunk_id for c in r.all_chunks()} == chunk_ids
         assert r.search("Which TCP port does the Kestrel KX-7 relay listen on?", k=3, mode="dense")
     report = json.loads((root / ".raftsmith" / "retriever.json").read_text())
     assert report["base"] == res.base and report["tuned"] == res.tuned and report["switched"]
     assert not list((root / ".raftsmith" / "embedders").glob(".*")), "a partial or scratch folder was left behind"
 
 
-def test_figures_reach_the_export_manifest(tuned: tuple[Path, Any, str]) -> None:
+def test_figures_reach_the_export_manifest(tuned: tuple[Path, Any, str, set[str]]) -> None:
     from builder.retriever.report import manifest_entry
     from rag.exports import newest_export
 
-    root, res, _ = tuned
+    root, res, *_ = tuned
     ws = load_workspace(root / "raftsmith.yaml")
     export = newest_export(ws)
     assert export is not None
@@ -125,12 +130,12 @@ def test_never_trains_on_eval_or_held_out_questions(generated: Path, tmp_path: P
     assert {q.question for q in pairs.eval_queries} >= set(evals) - {""}
 
 
-def test_tuned_embedder_travels_in_the_bundle_and_is_used_offline(tuned: tuple[Path, Any, str], tmp_path: Path) -> None:
+def test_tuned_embedder_travels_in_the_bundle_and_is_used_offline(tuned: tuple[Path, Any, str, set[str]], tmp_path: Path) -> None:
     from rag.bundle import create_bundle, install_bundle
     from rag.netguard import offline
     from rag.retrieve import Retriever
 
-    root, res, _ = tuned
+    root, res, *_ = tuned
     ws = load_workspace(root / "raftsmith.yaml")
     out = tmp_path / "kestrel.tar"
     create_bundle(ws, out)
