@@ -82,7 +82,8 @@ def add_fixture_export(ws_root: Path, gguf: Path, name: str = "test") -> Path:
         'SYSTEM """You are a precise domain assistant."""\n'
         'PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|im_start|>"\nPARAMETER num_ctx 2048\n'
     )
-    files.append({"path": "Modelfile", "role": "modelfile", "quantization": None, "sha256": sha256_file(d / "Modelfile"), "size": 1})
+    files.append({"path": "Modelfile", "role": "modelfile", "quantization": None, "sha256": sha256_file(d / "Modelfile"),
+                  "size": (d / "Modelfile").stat().st_size})
     manifest = {
         "format": "raftsmith-export/1", "name": name, "family": "smollm2", "chat_format": "chatml",
         "created_at": "2026-11-22T00:00:00+00:00", "base_model": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "sha256": sha},

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
+from _runtime_ws import add_fixture_export, make_workspace
 from click.testing import CliRunner
 
 from rag.cli.main import cli
 from rag.config import load_workspace
-from tests._runtime_ws import add_fixture_export, make_workspace
 
 pytestmark = pytest.mark.integration
 
