@@ -170,7 +170,8 @@ def run_train_retriever(
                          "seed": cfg.seed, "loss": "MultipleNegativesRankingLoss"},
         device=stats.device, train_seconds=stats.seconds, reembed_seconds=round(reembed_s, 2), steps=stats.steps,
         final_loss=stats.final_loss, base=base_recall, tuned=tuned_recall, chunks=n_chunks,
-        skipped=pairs.skipped, train_file=pairs.train_file, eval_file=pairs.eval_file, created_at=utc_now(),
+        skipped=pairs.skipped, train_file=_relative(ws, Path(pairs.train_file)),
+        eval_file=_relative(ws, Path(pairs.eval_file)) if pairs.eval_file else None, created_at=utc_now(),
     )
     if switched:
         _remove_older(ws, out_root, final, previous)
