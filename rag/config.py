@@ -69,6 +69,9 @@ class EmbeddingConfig(Section):
     model: str = Field("default", description="'default' = packaged all-MiniLM-L6-v2; or a local folder or hub id.")
     batch_size: int = Field(32, ge=1)
     device: str = Field("cpu", description="'cpu', 'cuda', 'mps' or 'auto'.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto' = bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; ~1.4x "
+        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision.")
 
 
 class IndexConfig(Section):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from rag.ingest.chunker import ChunkSpec
 
 CONTEXT_VERSION = "1"  # bump when the recipe changes: the chunking signature re-embeds every chunk
-LEAD_WORDS = 60
+LEAD_WORDS = 20  # 20-60 words measured alike on recall (benchmarks/retrieval.py); 20 costs least
 MIN_CONTEXT_TOKENS = 8  # less room than this: no context (a few words would only add noise)
 
 _HEADING_LINE = re.compile(r"^\s*(#{1,6}\s|[=\-~^*+#`:'\"]{3,}\s*$)")
@@ -37,12 +37,12 @@ def embed_text(spec: ChunkSpec) -> str:
 
 
 def add_context(specs: Sequence[ChunkSpec], title: str, count_tokens: Callable[[str], int],
-                window: int) -> list[ChunkSpec]:
+                window: int, lead_words: int = LEAD_WORDS) -> list[ChunkSpec]:
     """Set ``spec.context`` on the chunks of one document (in document order); returns them."""
     specs = list(specs)
     if not specs:
         return specs
-    lead = document_lead(specs[0].text)
+    lead = document_lead(specs[0].text, lead_words)
     for i, spec in enumerate(specs):
         parts: list[str] = []
         if title and title.lower() not in spec.heading.lower():

@@ -43,7 +43,7 @@ def test_context_never_pushes_text_out_of_the_window() -> None:
     first = spec(lead)
     short = spec("short code chunk", heading="H")
     full = spec(" ".join("x" for _ in range(95)), heading="H")
-    out = add_context([first, short, full], title="", count_tokens=words, window=40)
+    out = add_context([first, short, full], title="", count_tokens=words, window=40, lead_words=60)
     assert words(embed_text(out[1])) <= 40 and out[1].context.startswith("w0 w1")
     assert out[1].context == " ".join(f"w{i}" for i in range(40 - 4 - 1))  # room: window - 4 words - newline
     assert out[2].context == ""  # a chunk that fills the window gets no context
