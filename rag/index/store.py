@@ -58,7 +58,8 @@ _DROP = "DROP TABLE IF EXISTS chunks_fts; DROP TABLE IF EXISTS chunks; DELETE FR
 
 #: BM25 column weights: heading, text, document context, identifier forms
 BM25_WEIGHTS = (2.0, 1.0, 0.5, 1.0)
-REBUILD_HINT = "Run 'raftsmith ingest --rebuild' to rebuild it from your documents."
+REBUILD_HINT = ("Run 'raftsmith ingest --rebuild' to rebuild it from your documents (for an installed bundle: "
+                "on the home machine, then make and install a new bundle).")
 
 CHUNK_COLS = "id, chunk_id, source, heading, start_line, end_line, page, text"
 

@@ -8,7 +8,7 @@ import pytest
 from rag.config import EmbeddingConfig
 from rag.cpu import cpu_bf16_works
 from rag.errors import ConfigError
-from rag.index.embedder import load_embedder
+from rag.index.embedder import BF16_MIN_BATCH, load_embedder
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,13 @@ def test_auto_follows_the_cpu_and_fp32_is_exact() -> None:
 
 @pytest.mark.skipif(not cpu_bf16_works(), reason="this CPU has no native bf16 (AVX512-BF16/AMX): auto stays fp32")
 def test_bf16_vectors_match_fp32() -> None:
-    fp32 = load_embedder(EmbeddingConfig(precision="fp32")).encode(TEXTS)
-    bf16 = load_embedder(EmbeddingConfig(precision="bf16")).encode(TEXTS)
+    texts = TEXTS * 3  # a batch: bf16 runs from BF16_MIN_BATCH texts on
+    assert len(texts) >= BF16_MIN_BATCH
+    fp32 = load_embedder(EmbeddingConfig(precision="fp32")).encode(texts)
+    bf16_model = load_embedder(EmbeddingConfig(precision="bf16"))
+    bf16 = bf16_model.encode(texts)
+    one = load_embedder(EmbeddingConfig(precision="fp32")).encode(texts[:1])
+    assert np.allclose(bf16_model.encode(texts[:1]), one, atol=1e-6)  # one query: fp32, not bf16
     assert bf16.dtype == np.float32
     assert np.allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-4)
     cos = (fp32 * bf16).sum(axis=1)
