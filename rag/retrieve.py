@@ -1,4 +1,5 @@
-"""Search the index: dense (FAISS cosine), BM25 (SQLite FTS5) or hybrid (reciprocal-rank fusion).
+"""Search the index: dense (FAISS cosine), BM25 (SQLite FTS5) or hybrid (reciprocal-rank or
+score fusion, ``chat.fusion``), optionally aggregated by document (``chat.aggregate``).
 
 ``Retriever`` opens the index read-only and loads the embedding model only when a dense or
 hybrid search (or ``embed``) first needs it, so BM25-only use never imports torch.
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rag.errors import ConfigError, IndexStoreError
-from rag.index.fusion import RRF_K, limit_per_group, rrf_fuse
+from rag.index.fusion import RRF_K, aggregate_groups, limit_per_group, rrf_fuse, score_fuse
 from rag.index.store import IndexStore, blob_to_vec, build_faiss, load_faiss, set_search_params
 from rag.types import Chunk
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from rag.config import EmbeddingConfig, Workspace
+    from rag.config import ChatConfig, EmbeddingConfig, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,13 @@ class Retriever:
     #: candidates taken from each ranker before fusion (at least this many, or 4 * k)
     fusion_depth = 50
 
-    def __init__(self, index_dir: Path, embedding: EmbeddingConfig, root: Path | None = None):
+    def __init__(self, index_dir: Path, embedding: EmbeddingConfig, root: Path | None = None,
+                 chat: ChatConfig | None = None):
         self.index_dir = Path(index_dir)
+        #: hybrid fusion ('rrf' | 'scores'), the dense ranker's weight, and document aggregation
+        self.fusion = chat.fusion if chat else "rrf"
+        self.dense_weight = chat.dense_weight if chat else 0.5
+        self.aggregate = chat.aggregate if chat else "chunk"
         self._embedding_cfg = embedding
         self._root = root
         self.store = IndexStore(self.index_dir, readonly=True)
@@ -64,7 +70,7 @@ class Retriever:
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> Retriever:
-        return cls(ws.index_dir, ws.config.embedding, ws.root)
+        return cls(ws.index_dir, ws.config.embedding, ws.root, ws.config.chat)
 
     # --- lazy heavy parts -----------------------------------------------------------------
     @property
@@ -165,15 +171,20 @@ class Retriever:
         depth = max(self.fusion_depth, 4 * k)
         # dense always over-fetches: an HNSW index may hold tombstones of removed chunks
         dense = self._dense(qvec, depth) if (qvec is not None and mode != "bm25") else []
-        bm25 = self.store.bm25(query, depth if (mode == "hybrid" or diverse) else k) if mode in ("bm25", "hybrid") else []
+        grouped = self.aggregate == "document"
+        deep = mode == "hybrid" or diverse or grouped
+        bm25 = self.store.bm25(query, depth if deep else k) if mode in ("bm25", "hybrid") else []
         dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
         bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
         if mode == "dense":
             ranked = dense
         elif mode == "bm25":
             ranked = bm25
+        elif self.fusion == "scores":
+            ranked = score_fuse(dense, bm25, self.dense_weight)
         else:
-            ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], k=RRF_K)
+            w = self.dense_weight
+            ranked = rrf_fuse([[i for i, _ in dense], [i for i, _ in bm25]], k=RRF_K, weights=(2 * w, 2 * (1 - w)))
         rows = self.store.rows_by_ids([i for i, _ in ranked])
         chunks: list[Chunk] = []
         for i, score in ranked:
@@ -188,6 +199,8 @@ class Retriever:
                 c.meta["bm25_rank"] = bm25_rank[i]
             c.meta["_id"] = i
             chunks.append(c)
+        if grouped:
+            chunks = aggregate_groups(chunks, lambda c: c.source)
         if diverse:
             chunks = limit_per_group(chunks, lambda c: c.source, self.max_per_source)
         chunks = chunks[:k]

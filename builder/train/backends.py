@@ -13,12 +13,12 @@ the loss, checkpoints, resume and eval behave identically. The difference is loa
 from __future__ import annotations
 
 import logging
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 from builder.families import Family, vram_estimate_gb
+from rag.cpu import cpu_bf16_works
 from rag.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -72,35 +72,6 @@ def cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:  # noqa: BLE001
         return False
-
-
-_CPU_BF16: bool | None = None
-_BF16_CHECK = (
-    "import torch; a = torch.randn(64, 64, dtype=torch.bfloat16); "
-    "assert torch.isfinite((a @ a).float()).all()"
-)
-
-
-def cpu_bf16_works() -> bool:
-    """Native bf16 on this CPU, checked once per process in a child process."""
-    global _CPU_BF16
-    if _CPU_BF16 is None:
-        _CPU_BF16 = False
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as fh:
-                flags = fh.read()
-        except OSError:
-            flags = ""
-        if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags):
-            import subprocess
-            import sys
-
-            try:
-                _CPU_BF16 = subprocess.run([sys.executable, "-c", _BF16_CHECK], capture_output=True,
-                                           timeout=120).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                _CPU_BF16 = False
-    return _CPU_BF16
 
 
 def unsloth_importable() -> bool:

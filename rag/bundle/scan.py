@@ -171,7 +171,7 @@ def scan_text_for_secrets(text: str, shown_name: str, live: list[str] | dict[str
 
 def scan_store_for_secrets(db: Path, shown_name: str, live: dict[str, tuple[str, ...]],
                            allow: frozenset[str] = frozenset()) -> None:
-    """Refuse a SQLite index store whose chunk texts or headings hold a secret.
+    """Refuse a SQLite index store whose chunk texts, headings or document context hold a secret.
 
     Documents legitimately say "password: ...", so only live values and key shapes count here.
     The finding names the document (its source path) and the kind, never the value.
@@ -180,9 +180,11 @@ def scan_store_for_secrets(db: Path, shown_name: str, live: dict[str, tuple[str,
 
     con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT source, heading, text FROM chunks")
-        for source, heading, text in rows:
-            found = find_secrets(f"{heading}\n{text}", live, assignments=False, allow=allow)
+        cols = {r[1] for r in con.execute("PRAGMA table_info(chunks)")}
+        context = "context" if "context" in cols else "''"  # format-1 stores have no context column
+        rows = con.execute(f"SELECT source, heading, text, {context} FROM chunks")
+        for source, heading, text, ctx in rows:
+            found = find_secrets(f"{heading}\n{text}\n{ctx}", live, assignments=False, allow=allow)
             if found:
                 raise _refusal(
                     f"{shown_name} (a chunk of {source!s})", found[0],

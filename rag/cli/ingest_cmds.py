@@ -12,17 +12,20 @@ from rag.config import load_workspace
 @click.command("ingest")
 @click.argument("paths", nargs=-1)
 @click.option("--prune", is_flag=True, help="Drop documents whose files are gone from disk.")
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild the whole index from the documents (after an upgrade that changed its format).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table.")
 @config_option
 @handle_errors
-def ingest_cmd(paths: tuple[str, ...], prune: bool, as_json: bool, quiet: bool, config_path: str | None) -> None:
+def ingest_cmd(paths: tuple[str, ...], prune: bool, rebuild: bool, as_json: bool, quiet: bool,
+               config_path: str | None) -> None:
     """Ingest files, folders or llms.txt URLs (default: corpus.paths) into the index."""
     from rag.ingest.pipeline import ingest
 
     ws = load_workspace(config_path)
     with progress_bar(not (as_json or quiet)) as progress:
-        report = ingest(ws, list(paths) or None, prune=prune, progress=progress)
+        report = ingest(ws, list(paths) or None, prune=prune, progress=progress, rebuild=rebuild)
     if as_json:
         print_json(report.to_dict())
         return

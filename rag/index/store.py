@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -33,8 +34,8 @@ DB_NAME = "store.sqlite"
 FAISS_NAME = "index.faiss"
 META_NAME = "meta.json"
 LOCK_NAME = ".lock"
-SCHEMA_VERSION = 1
-FORMAT = "raftsmith-index/1"
+SCHEMA_VERSION = 2  # 2: chunks.context, FTS5 columns context and terms (identifier forms)
+FORMAT = "raftsmith-index/2"
 HNSW_THRESHOLD = 50_000
 
 _SCHEMA = """
@@ -47,11 +48,18 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
     heading TEXT NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
     page INTEGER, byte_start INTEGER NOT NULL, byte_end INTEGER NOT NULL, text TEXT NOT NULL,
-    n_tokens INTEGER NOT NULL, embed_sha TEXT NOT NULL, vector BLOB NOT NULL
+    context TEXT NOT NULL DEFAULT '', n_tokens INTEGER NOT NULL, embed_sha TEXT NOT NULL,
+    vector BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, tokenize='porter unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, context, terms, tokenize='porter unicode61');
 """
+_DROP = "DROP TABLE IF EXISTS chunks_fts; DROP TABLE IF EXISTS chunks; DELETE FROM documents;"
+
+#: BM25 column weights: heading, text, document context, identifier forms
+BM25_WEIGHTS = (2.0, 1.0, 0.5, 1.0)
+REBUILD_HINT = ("Run 'raftsmith ingest --rebuild' to rebuild it from your documents (for an installed bundle: "
+                "on the home machine, then make and install a new bundle).")
 
 CHUNK_COLS = "id, chunk_id, source, heading, start_line, end_line, page, text"
 
@@ -71,6 +79,7 @@ class ChunkRow:
     text: str
     n_tokens: int
     embed_sha: str
+    context: str = ""  # document-level text a chunk lacks on its own: embedded and BM25-indexed, never shown
 
 
 @contextlib.contextmanager
@@ -109,13 +118,47 @@ def blob_to_vec(b: bytes) -> np.ndarray:
     return np.frombuffer(b, dtype="<f4")
 
 
-def fts_query(text: str) -> str:
-    """A safe FTS5 MATCH expression from free text: every word quoted, OR-ed together."""
-    import re
+# An identifier: word parts joined by '.', '_', '::', '/' or '-' (torch.hub.load, listen_port,
+# std::vector, kx-7), or one word with an inner capital (MultipleNegativesRankingLoss).
+_IDENT = re.compile(r"[A-Za-z0-9]+(?:(?:::|[._/-])[A-Za-z0-9]+)+|[A-Za-z0-9]*[a-z0-9][A-Z][A-Za-z0-9]*")
+_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_WORD = re.compile(r"\w+")
 
-    words = re.findall(r"\w+", text.lower())
+
+def identifier_forms(text: str) -> list[str]:
+    """Extra lexical forms of the identifiers in ``text``, for the FTS5 ``terms`` column.
+
+    FTS5's tokenizer already splits ``torch.hub.load`` and ``listen_port`` into their parts;
+    what it loses is the whole identifier, and it keeps ``MultipleNegativesRankingLoss`` as one
+    token. So each identifier adds its joined form (``torchhubload``) and, for CamelCase, its
+    parts (``multiple negatives ranking loss``). Order is first appearance; no duplicates.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(form: str) -> None:
+        if 1 < len(form) <= 80 and form not in seen:
+            seen.add(form)
+            out.append(form)
+
+    for m in _IDENT.finditer(text):
+        ident = m.group(0)
+        parts = [p for p in re.split(r"::|[._/-]", ident) if p]
+        if len(parts) > 1:
+            add("".join(parts).lower())
+        for p in parts:
+            camel = _CAMEL.findall(p)
+            if len(camel) > 1:
+                for c in camel:
+                    add(c.lower())
+    return out
+
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 MATCH expression from free text: every word quoted, OR-ed together, plus the
+    whole and CamelCase forms of identifiers (matched in the ``terms`` column)."""
     seen: list[str] = []
-    for w in words:
+    for w in [*_WORD.findall(text.lower()), *identifier_forms(text)]:
         if w not in seen:
             seen.append(w)
     return " OR ".join(f'"{w}"' for w in seen)
@@ -128,6 +171,8 @@ class IndexStore:
         self.index_dir = Path(index_dir)
         self.db_path = self.index_dir / DB_NAME
         self.readonly = readonly
+        #: a writable store over an index of an older format: only a full rebuild may write it
+        self.outdated = False
         if readonly:
             if not self.db_path.is_file():
                 raise IndexStoreError(
@@ -140,16 +185,40 @@ class IndexStore:
             self.con = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
             self.con.execute("PRAGMA journal_mode=DELETE")
             self.con.execute("PRAGMA synchronous=FULL")
-            self.con.executescript(_SCHEMA)
-            if self.get_meta("schema_version") is None:
-                self.set_meta("schema_version", str(SCHEMA_VERSION))
-                self.set_meta("generation", "0")
         try:
+            if not readonly:
+                self.con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             version = self.get_meta("schema_version")
         except sqlite3.DatabaseError as err:
+            self.con.close()
             raise IndexStoreError(f"{self.db_path} is not a readable raftsmith index ({err}); delete the folder and re-ingest.") from None
         if version is not None and int(version) > SCHEMA_VERSION:
+            self.con.close()
             raise IndexStoreError(f"{self.db_path} was written by a newer raftsmith; upgrade raftsmith to read it.")
+        if version is not None and int(version) < SCHEMA_VERSION:
+            if readonly:
+                self.con.close()
+                raise IndexStoreError(
+                    f"The index at {self.index_dir} has format {version}; this raftsmith reads format "
+                    f"{SCHEMA_VERSION} (chunks indexed with their document context). {REBUILD_HINT}"
+                )
+            self.outdated = True  # ingest rebuilds it in one transaction (reset()); nothing else writes
+        elif not readonly:
+            self.con.executescript(_SCHEMA)
+            if version is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+                self.set_meta("generation", "0")
+
+    def reset(self) -> None:
+        """Empty the index and give it this version's schema (inside the caller's transaction:
+        a rebuild that fails leaves the old index as it was)."""
+        if self.readonly:
+            raise IndexStoreError("reset() needs a writable store")
+        for stmt in (_DROP + _SCHEMA).split(";"):
+            if stmt.strip():
+                self.con.execute(stmt)
+        self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self.outdated = False
 
     def close(self) -> None:
         self.con.close()
@@ -212,14 +281,17 @@ class IndexStore:
         """Insert chunks with their vectors; returns their integer ids (the FAISS ids)."""
         ids: list[int] = []
         for row, blob in rows:
+            if self.outdated:
+                raise IndexStoreError(f"The index at {self.index_dir} has an older format. {REBUILD_HINT}")
             cur = self.con.execute(
                 "INSERT INTO chunks(chunk_id, source, heading, start_line, end_line, page, byte_start, byte_end,"
-                " text, n_tokens, embed_sha, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " text, context, n_tokens, embed_sha, vector) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row.chunk_id, row.source, row.heading, row.start_line, row.end_line, row.page,
-                 row.byte_start, row.byte_end, row.text, row.n_tokens, row.embed_sha, blob),
+                 row.byte_start, row.byte_end, row.text, row.context, row.n_tokens, row.embed_sha, blob),
             )
-            self.con.execute("INSERT INTO chunks_fts(rowid, heading, text) VALUES (?,?,?)",
-                             (cur.lastrowid, row.heading, row.text))
+            terms = " ".join(identifier_forms(f"{row.heading}\n{row.text}\n{row.context}"))
+            self.con.execute("INSERT INTO chunks_fts(rowid, heading, text, context, terms) VALUES (?,?,?,?,?)",
+                             (cur.lastrowid, row.heading, row.text, row.context, terms))
             ids.append(int(cur.lastrowid or 0))
         return ids
 
@@ -272,8 +344,8 @@ class IndexStore:
         if not expr:
             return []
         rows = self.con.execute(
-            "SELECT rowid, bm25(chunks_fts, 2.0, 1.0) AS s FROM chunks_fts WHERE chunks_fts MATCH ?"
-            " ORDER BY s LIMIT ?",
+            f"SELECT rowid, bm25(chunks_fts, {', '.join(map(str, BM25_WEIGHTS))}) AS s FROM chunks_fts"
+            " WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
             (expr, limit),
         )
         return [(int(r), -float(s)) for r, s in rows]

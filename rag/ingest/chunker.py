@@ -61,6 +61,7 @@ class ChunkSpec:
     end_line: int
     n_tokens: int
     page: int | None = None
+    context: str = ""  # document-level context (rag.ingest.context): embedded and indexed, never shown
 
 
 @dataclass

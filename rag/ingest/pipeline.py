@@ -34,6 +34,7 @@ from rag.index.store import (
     writer_lock,
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
+from rag.ingest.context import CONTEXT_VERSION, add_context, embed_text
 from rag.ingest.parsers import SkipFile, TextLimits, kind_for, parse_bytes
 from rag.ingest.reading import read_regular
 from rag.ingest.secret_scan import scan_chunks
@@ -209,28 +210,33 @@ class _Ingestor:
         return hashlib.sha256(f"{self.cfg.embedding.model}\x00{embed_text(spec)}".encode()).hexdigest()
 
 
-def embed_text(spec: ChunkSpec) -> str:
-    """What the embedder sees: the heading path gives short chunks their context."""
-    return f"{spec.heading}\n{spec.text}" if spec.heading else spec.text
+__all__ = ["FileResult", "IngestReport", "embed_text", "ingest"]
 
 
 def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = False,
-           progress: Progress | None = None) -> IngestReport:
+           progress: Progress | None = None, rebuild: bool = False) -> IngestReport:
+    """Ingest ``paths`` (default: corpus.paths). ``rebuild`` re-reads and re-embeds every
+    document from scratch (also done by itself when the model, the chunking or the index format
+    changed); documents not among ``paths`` then leave the index, with a warning each."""
     t0 = time.perf_counter()
     report = IngestReport(index_dir=str(ws.index_dir))
     paths = list(paths) if paths else list(ws.config.corpus.paths)
     ing = _Ingestor(ws, progress)
     max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
     limits = TextLimits.for_corpus(ws.config.corpus)
-    chunking_sig = f"{CHUNKER_VERSION}/{ws.config.corpus.chunk_tokens}/{ws.config.corpus.chunk_overlap}"
+    chunking_sig = (f"{CHUNKER_VERSION}/ctx{CONTEXT_VERSION}/{ws.config.corpus.chunk_tokens}"
+                    f"/{ws.config.corpus.chunk_overlap}")
     chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
 
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
         try:
-            rebuild = (store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
+            reset = rebuild or store.outdated  # the old rows go, and the schema is made anew
+            rebuild = (reset or store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
                        or store.get_meta("chunking") not in (None, chunking_sig))
-            if rebuild:
+            if store.outdated:
+                log.warning("the index has an older format: rebuilding it from the documents")
+            elif rebuild and not reset:
                 log.warning("embedding model or chunking changed: re-embedding every document")
             results: list[FileResult] = []
             cands = ing.candidates(paths, results)
@@ -256,6 +262,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                     specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
                     if not specs:
                         raise SkipFile("no text to index")
+                    specs = add_context(specs, doc.title, ing.embedder.count_tokens, ing.embedder.max_tokens - 2)
                     if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
                         res.reason = "; ".join(doc.warnings)
                         log.warning("%s: %s", c.source, res.reason)
@@ -278,10 +285,18 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
             old_generation = int(store.get_meta("generation") or 0)
             store.con.execute("BEGIN IMMEDIATE")
             try:
+                if reset:
+                    kept = {c.source for c, *_ in todo} | {c.source for c, _ in failed}
+                    for src in store.sources():
+                        if src not in kept:
+                            log.warning("dropping %s from the index (re-ingest it with the new settings)", src)
+                    report.chunks_removed += store.count_chunks()
+                    store.reset()
                 for c, res, sha, file_mtime, size, specs in todo:
                     report.chunks_removed += store.delete_chunks(c.source)
                     rows = [(ChunkRow(s.chunk_id, c.source, s.heading, s.start_line, s.end_line, s.page,
-                                      s.byte_start, s.byte_end, s.text, s.n_tokens, ing.embed_sha(s)),
+                                      s.byte_start, s.byte_end, s.text, s.n_tokens, ing.embed_sha(s),
+                                      s.context),
                              vectors[ing.embed_sha(s)]) for s in specs]
                     added_ids = store.insert_chunks(rows)
                     new_ids.extend(added_ids)

@@ -97,3 +97,58 @@ def test_fts_query_never_breaks_sqlite(text: str) -> None:
     con.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
     if expr:
         con.execute("SELECT * FROM t WHERE t MATCH ?", (expr,)).fetchall()
+
+
+# --- weighted RRF, score fusion, document aggregation, identifier forms -----------------------
+
+def test_weighted_rrf_and_equal_weights_match_plain() -> None:
+    from rag.index.fusion import rrf_fuse as fuse
+
+    lists = [["a", "b"], ["b", "c"]]
+    assert fuse(lists, weights=(1.0, 1.0)) == fuse(lists)
+    heavy = dict(fuse(lists, k=60, weights=(1.5, 0.5)))
+    assert heavy["a"] == pytest.approx(1.5 / 61)
+    assert heavy["b"] == pytest.approx(1.5 / 62 + 0.5 / 61)
+    with pytest.raises(ValueError):
+        fuse(lists, weights=(1.0,))
+
+
+def test_score_fusion_hand_computed() -> None:
+    from rag.index.fusion import score_fuse
+
+    dense = [("a", 0.9), ("b", 0.5), ("c", 0.1)]
+    lexical = [("c", 12.0), ("d", 2.0)]
+    fused = dict(score_fuse(dense, lexical, dense_weight=0.5))
+    assert fused == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.5, "d": 0.0})
+    order = [key for key, _ in score_fuse(dense, lexical, 0.5)]
+    assert order == ["a", "c", "b", "d"]  # a and c tie at 0.5: dense order first
+    assert [key for key, _ in score_fuse(dense, lexical, 1.0)][:3] == ["a", "b", "c"]
+    assert [key for key, _ in score_fuse(dense, lexical, 0.0)][0] == "c"
+    assert dict(score_fuse([("x", 0.3)], [], 0.5)) == {"x": 0.5}  # one candidate: normalised to 1
+    with pytest.raises(ValueError):
+        score_fuse(dense, lexical, 1.5)
+
+
+def test_document_aggregation_lifts_documents_with_several_hits() -> None:
+    from rag.index.fusion import aggregate_groups
+
+    ranked = [("d1", 1), ("d2", 1), ("d2", 2), ("d3", 1), ("d2", 3)]
+    out = aggregate_groups(ranked, lambda x: x[0], decay=0.5, k=60)
+    # d2: 1/62 + 0.5/63 + 0.25/65 > d1: 1/61 > d3: 1/64
+    assert out == [("d2", 1), ("d2", 2), ("d2", 3), ("d1", 1), ("d3", 1)]
+    assert aggregate_groups(ranked, lambda x: x[0], decay=0.0) == [("d1", 1), ("d2", 1), ("d2", 2), ("d2", 3), ("d3", 1)]
+
+
+def test_identifier_forms_keep_the_whole_token_and_split_camel_case() -> None:
+    from rag.index.store import identifier_forms
+
+    forms = identifier_forms("Call torch.hub.load(...) with relay.listen_port and MultipleNegativesRankingLoss.")
+    assert "torchhubload" in forms and "relaylistenport" in forms
+    assert {"multiple", "negatives", "ranking", "loss"} <= set(forms)
+    assert identifier_forms("plain words only, nothing else") == []
+    assert len(forms) == len(set(forms))
+
+
+def test_fts_query_adds_identifier_forms() -> None:
+    q = fts_query("what does torch.hub.load return")
+    assert '"torch"' in q and '"hub"' in q and '"torchhubload"' in q
