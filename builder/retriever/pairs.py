@@ -26,7 +26,7 @@ from rag.ingest.chunker import ChunkSpec
 from rag.ingest.pipeline import embed_text
 from rag.types import Chunk
 
-__all__ = ["Pair", "PairSet", "Query", "chunk_embed_text", "held_out_phrasings", "load_pairs"]
+__all__ = ["Pair", "PairSet", "Query", "chunk_embed_text", "held_out_phrasings", "load_pairs", "stored_contexts"]
 
 
 @dataclass
@@ -62,12 +62,25 @@ class PairSet:
             self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
-def chunk_embed_text(c: Chunk) -> str:
-    """A stored chunk's text as the ingest pipeline embeds it (same function, same input)."""
+def chunk_embed_text(c: Chunk, context: str = "") -> str:
+    """A stored chunk's text as the ingest pipeline embeds it (same function, same input:
+    heading, text and the document context the index stored beside the chunk)."""
     spec = ChunkSpec(chunk_id=c.chunk_id, heading=c.heading, text=c.text, start_char=0, end_char=len(c.text),
                      byte_start=0, byte_end=0, start_line=c.start_line, end_line=c.end_line, n_tokens=0,
-                     page=c.meta.get("page"))
+                     page=c.meta.get("page"), context=context)
     return embed_text(spec)
+
+
+def stored_contexts(retriever: Any) -> dict[str, str]:
+    """chunk_id -> the document context the index embedded with it (index format 2; none before)."""
+    import sqlite3
+
+    with retriever._lock:
+        try:
+            rows = retriever.store.con.execute("SELECT chunk_id, context FROM chunks").fetchall()
+        except sqlite3.OperationalError:  # an index without the context column embeds none
+            return {}
+    return {str(cid): str(ctx or "") for cid, ctx in rows}
 
 
 def held_out_phrasings(ws: Workspace) -> set[str]:
@@ -93,8 +106,15 @@ def _row_metas(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_pairs(ws: Workspace, chunks: Sequence[Chunk], *, train_file: str | Path | None = None,
-               eval_file: str | Path | None = None, hard_negatives: int = 1, seed: int = 0) -> PairSet:
-    """Read the training (and eval) JSONL and resolve chunk ids against the index's chunks."""
+               eval_file: str | Path | None = None, hard_negatives: int = 1, seed: int = 0,
+               contexts: dict[str, str] | None = None) -> PairSet:
+    """Read the training (and eval) JSONL and resolve chunk ids against the index's chunks
+    (``contexts``: the stored document context per chunk id, see :func:`stored_contexts`)."""
+    ctx = contexts or {}
+
+    def text_of(c: Chunk) -> str:
+        return chunk_embed_text(c, ctx.get(c.chunk_id, ""))
+
     name = ws.config.corpus.name
     tpath = ws.path(train_file) if train_file else ws.training_dir / f"{name}.train.jsonl"
     default_eval = ws.training_dir / f"{name}.eval.jsonl"
@@ -150,7 +170,7 @@ def load_pairs(ws: Workspace, chunks: Sequence[Chunk], *, train_file: str | Path
         if len(negs) < hard_negatives:
             out.skip("too_few_negatives")
             continue
-        out.pairs.append(Pair(str(m.get("id")), q, chunk_embed_text(oracle[0]), [chunk_embed_text(c) for c in negs]))
+        out.pairs.append(Pair(str(m.get("id")), q, text_of(oracle[0]), [text_of(c) for c in negs]))
     if not out.pairs:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(out.skipped.items())) or "no train rows"
         raise TrainingError(

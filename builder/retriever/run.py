@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.retriever.evaluate import recall_at_k
-from builder.retriever.pairs import load_pairs
+from builder.retriever.pairs import load_pairs, stored_contexts
 from builder.retriever.report import MODEL_REPORT_NAME, write_reports
 from builder.retriever.switch import (
     reingest_paths,
@@ -136,7 +136,7 @@ def run_train_retriever(
     with Retriever.from_workspace(ws) as live:
         chunks = live.all_chunks()
         pairs = load_pairs(ws, chunks, train_file=train_file, eval_file=eval_file,
-                           hard_negatives=cfg.hard_negatives, seed=cfg.seed)
+                           hard_negatives=cfg.hard_negatives, seed=cfg.seed, contexts=stored_contexts(live))
         emit(progress, 0, 0, "recall of the current embedder")
         base_recall = recall_at_k(live, pairs.eval_queries)
 

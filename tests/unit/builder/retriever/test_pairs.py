@@ -71,8 +71,13 @@ def test_pairs_skip_eval_held_out_closed_book_and_refusals(ws: Any) -> None:
 def test_the_embedded_text_is_the_pipelines(ws: Any) -> None:
     c = CHUNKS[3]
     spec = ChunkSpec(chunk_id=c.chunk_id, heading=c.heading, text=c.text, start_char=0, end_char=len(c.text),
-                     byte_start=0, byte_end=1, start_line=1, end_line=3, n_tokens=9)
-    assert chunk_embed_text(c) == embed_text(spec) and c.heading in chunk_embed_text(c)
+                     byte_start=0, byte_end=1, start_line=1, end_line=3, n_tokens=9, context="Doc 3: relay ports.")
+    assert chunk_embed_text(c, "Doc 3: relay ports.") == embed_text(spec)
+    assert "Doc 3: relay ports." in embed_text(spec) and c.heading in chunk_embed_text(c)
+    _write(ws, [_row("q1", "Which port?", oracle=["c3"], distractors=["c4"])])
+    got = load_pairs(ws, CHUNKS, contexts={"c3": "Doc 3: relay ports.", "c4": "Doc 4 lead."})
+    assert got.pairs[0].positive == embed_text(spec)  # the stored context goes with the chunk
+    assert got.pairs[0].negatives[0].startswith("Doc 4 lead.")
 
 
 def test_missing_negatives_are_filled_from_other_documents(ws: Any) -> None:
