@@ -69,8 +69,9 @@ def test_tuning_improves_recall_on_held_out_questions_and_switches(tuned: tuple[
     assert res.switched, res.reason
     assert res.eval_questions >= 5 and res.pairs >= 50
     base, new = res.base["dense"], res.tuned["dense"]
-    assert new["recall@1"] > base["recall@1"], (base, new)
-    assert new["recall@5"] >= base["recall@5"], (base, new)
+    # the sample's contextual index already finds most eval questions in the top 5: tuning must
+    # rank them higher (recall@1, MRR), on questions it never trained on
+    assert new["recall@1"] > base["recall@1"] and new["mrr"] > base["mrr"], (base, new)
     # the tuned folder is inside the workspace, named relatively, and the config on disk points at it
     assert res.model.startswith(".raftsmith/embedders/") and (root / res.model / "modules.json").is_file()
     cfg_before, cfg_after = yaml.safe_load(before), yaml.safe_load((root / "raftsmith.yaml").read_text())
