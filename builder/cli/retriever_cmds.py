@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from builder.cli.train_cmds import summary_table
+from builder.cli.train_cmds import row_file_options, summary_table
 from rag.cli.common import config_option, handle_errors, print_json
 from rag.cli.progress import progress_bar
 from rag.config import load_workspace
@@ -27,10 +27,7 @@ def _fmt_recall(figures: dict[str, dict[str, float]], mode: str) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where to train (default: embedding.device; auto = CUDA when present).")
 @click.option("--base", default=None, help="Model to start from (default: the configured embedder's own base).")
-@click.option("--train-file", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Training JSONL (default: training_data/<corpus>.train.jsonl).")
-@click.option("--eval-file", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Eval JSONL (default: training_data/<corpus>.eval.jsonl when present).")
+@row_file_options
 @click.option("--force", is_flag=True, help="Switch to the tuned embedder even when its eval recall is lower.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

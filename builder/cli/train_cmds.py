@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -10,6 +11,16 @@ from builder.families import FAMILIES
 from rag.cli.common import config_option, handle_errors, print_json
 from rag.cli.progress import progress_bar
 from rag.config import TRAINER_NAMES, load_workspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def row_file_options(f: F) -> F:
+    """--train-file and --eval-file: the RAFT rows a training command reads (train and train-retriever)."""
+    f = click.option("--eval-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+                     help="Eval JSONL (default: training_data/<corpus>.eval.jsonl when present).")(f)
+    return click.option("--train-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+                        help="Training JSONL (default: training_data/<corpus>.train.jsonl).")(f)
 
 
 @click.command("train")
@@ -19,10 +30,7 @@ from rag.config import TRAINER_NAMES, load_workspace
 @click.option("--backend", type=click.Choice(TRAINER_NAMES), default=None,
               help="Trainer: unsloth (CUDA), hf (transformers+PEFT; CPU or CUDA), auto (default: student.backend).")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished run from its last checkpoint.")
-@click.option("--train-file", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Training JSONL (default: training_data/<corpus>.train.jsonl).")
-@click.option("--eval-file", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Eval JSONL (default: training_data/<corpus>.eval.jsonl when present).")
+@row_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
