@@ -163,6 +163,61 @@ def kestrel_workspace(root: Path) -> tuple[Any, list[str], list[str]]:
     return ws, [i["question"] for i in items], [str(i["answer"]) for i in items]
 
 
+MAN_DIR = Path("/usr/share/man/man1")
+MAN_LINES = 300  # each page is cut after this many rendered lines (keeps the run in minutes)
+MAN_DISTRACTORS_EVERY = 24  # every n-th other section-1 page joins as a distractor
+
+
+def _render_man(page: str) -> str | None:
+    """A section-1 manual page as markdown: '# name - summary', '## SECTION', body unindented."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["man", "-P", "cat", "1", page], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "MANWIDTH": "100", "LC_ALL": "C.UTF-8"}).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.splitlines()[1:MAN_LINES]  # the first line is the running header
+    if not lines:
+        return None
+    md: list[str] = []
+    for ln in lines:
+        if ln and not ln[0].isspace() and ln.upper() == ln:  # NAME, SYNOPSIS, OPTIONS, ...
+            md.append(f"\n## {ln.strip().title()}\n")
+        else:
+            md.append(ln.strip())
+    body = "\n".join(md)
+    m = re.search(r"## Name\n+(.+)", body)
+    return f"# {m.group(1).strip() if m else page}\n{body}\n"
+
+
+def manpages_workspace(root: Path) -> tuple[Any, list[str], list[str]] | None:
+    """Debian's own section-1 manual pages (written by others): the pages the questions name
+    plus every n-th other page as distractors. None when this machine has no man pages."""
+    import shutil
+
+    import yaml
+
+    if not MAN_DIR.is_dir() or shutil.which("man") is None:
+        return None
+    spec = yaml.safe_load((REPO / "benchmarks" / "domains" / "manpages" / "questions.yaml").read_text())
+    gold_pages = {q["page"] for q in spec["questions"]}
+    others = sorted({re.sub(r"\.1.*$", "", f.name) for f in MAN_DIR.iterdir()
+                     if not f.name.startswith("gcloud")} - gold_pages)  # thousands of near-identical gcloud pages
+    pages = sorted(gold_pages) + others[MAN_DISTRACTORS_EVERY - 1::MAN_DISTRACTORS_EVERY]
+    ws = init_workspace(root, corpus_name="manpages")
+    rendered: set[str] = set()
+    for page in pages:
+        text = _render_man(page)
+        if text:
+            (ws.root / "docs" / f"{page}.md").write_text(text, encoding="utf-8")
+            rendered.add(page)
+    qs = [q for q in spec["questions"] if q["page"] in rendered]
+    if len(qs) < len(spec["questions"]) // 2:
+        return None
+    return ws, [q["question"] for q in qs], [f"docs/{q['page']}.md" for q in qs]
+
+
 def doc_ranks(results: list[list[Any]], gold: list[str]) -> list[int | None]:
     """APIBench: rank of the right document by the first appearance of any of its chunks."""
     ranks: list[int | None] = []
@@ -190,12 +245,20 @@ def summarize(ranks: list[int | None], ks: tuple[int, ...] = (1, 5, 10)) -> dict
 def recall_bench(data: Path, work: Path) -> dict[str, Any]:
     """Both corpora, each ingested the old way and with contextual chunks, every setting."""
     out: dict[str, Any] = {}
-    corpora = {"apibench": lambda root: apibench_workspace(data, root), "kestrel": kestrel_workspace}
+    corpora: dict[str, Any] = {"apibench": lambda root: apibench_workspace(data, root),
+                               "kestrel": kestrel_workspace, "manpages": manpages_workspace}
     for corpus, make in corpora.items():
         out[corpus] = {}
         for variant, contextual, precision in VARIANTS:
+            if corpus == "manpages" and variant == "contextual fp32":
+                continue  # the precision check is done on the other two; this corpus is the largest
             with recipe(contextual):
-                ws, questions, gold = make(work / f"{corpus}-{variant.replace(' ', '-')}")
+                made = make(work / f"{corpus}-{variant.replace(' ', '-')}")
+                if made is None:
+                    say(f"{corpus}: not on this machine (no man pages), skipped")
+                    out.pop(corpus)
+                    break
+                ws, questions, gold = made
                 ws.config.embedding.precision = precision
                 t0 = time.perf_counter()
                 report = ingest(ws)
@@ -209,7 +272,7 @@ def recall_bench(data: Path, work: Path) -> dict[str, Any]:
                         t0 = time.perf_counter()
                         results = r.search_many(questions, k=50, mode=mode)
                         ms = (time.perf_counter() - t0) * 1000 / len(questions)
-                        ranks = doc_ranks(results, gold) if corpus == "apibench" else answer_ranks(results, gold)
+                        ranks = answer_ranks(results, gold) if corpus == "kestrel" else doc_ranks(results, gold)
                         row["settings"][setting[0]] = {**summarize(ranks), "batch_ms_per_query": round(ms, 2)}
                     if corpus == "apibench" and variant == "contextual":
                         lat = []
