@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
@@ -133,6 +134,8 @@ def measure(ws: Workspace, questions: list[str], found: Found, rerankers: dict[s
             times.append((time.perf_counter() - t0) * 1000)
             passages += len(first[i])
             ranks.append(found(i, ranked))
+            if (i + 1) % 5 == 0:
+                say(f"    {i + 1}/{len(questions)}, {statistics.median(times):.0f} ms per query so far")
         out[name] = {**_metrics(ranks), "model": reranker.model_label,
                      "ms_per_query_p50": round(statistics.median(times), 1),
                      "ms_per_passage": round(sum(times) / max(1, passages), 1)}
@@ -181,6 +184,9 @@ def main() -> None:
             say(f"{name}: {len(questions)} questions")
             result[name] = measure(ws, questions, found, rerankers, args.mode, args.depth)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    # the cores are shared: the per-passage cost scales with what else runs (load = runnable processes)
+    result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    result["cpus"] = os.cpu_count()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("apibench-torchhub", "kestrel"):

@@ -29,8 +29,9 @@ SYSTEM = ("You judge search results. Given a question and a passage from the doc
 USER = "Question: {question}\n\nPassage:\n{passage}\n\nDoes this passage answer the question? Reply Yes or No."
 YES = ("Yes", " Yes", "yes", " yes")
 NO = ("No", " No", "no", " no")
-#: characters of a passage the judge reads (chunks are ~256 embedding tokens; this bounds odd ones)
-MAX_PASSAGE_CHARS = 1500
+#: characters of a passage the judge reads (about 200 SmolLM2 tokens): the cost is one prompt
+#: evaluation per passage, linear in its length, and the head of a chunk says what it is about
+MAX_PASSAGE_CHARS = 800
 
 
 def _first_tokens(be: LlamaCppBackend, words: Sequence[str]) -> list[int]:
