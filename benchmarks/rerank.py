@@ -183,6 +183,8 @@ def main() -> None:
             rerankers["cross-encoder (untrained, cost only)"] = ce
             say(f"{name}: {len(questions)} questions")
             result[name] = measure(ws, questions, found, rerankers, args.mode, args.depth)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # a cut-off run keeps what it measured
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     # the cores are shared: the per-passage cost scales with what else runs (load = runnable processes)
     result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]

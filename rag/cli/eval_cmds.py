@@ -36,8 +36,7 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
         models = ", ".join(f"{n} = {label}" for n, label in rep["rerankers"].items())
         click.echo(f"MODE+RERANKER rows rerank the first {rep['rerank_depth']} candidates ({models}).")
     click.echo("Ties in recall go to the higher MRR (the answer-bearing passage ranked nearer the top).")
-    mode, _, reranker = rep["best"].partition("+")
-    reranker = reranker or "off"
+    mode, reranker = rep["best_mode"], rep["best_rerank"]
     if (mode, reranker) != (chat.mode, chat.rerank):
         click.echo(f"Set chat.mode: {mode} and chat.rerank: {reranker} in raftsmith.yaml to use the best "
                    "retrieval for these questions.")

@@ -56,6 +56,8 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
 
     ``rerankers`` (default: chat.rerank when it is on) are measured on top of every mode, as
     rows named ``MODE+RERANKER``: chat.rerank_depth candidates, the gate, then the reranker's top k.
+    ``best`` is one of those row names; ``best_mode`` / ``best_rerank`` are the chat.mode and
+    chat.rerank values that give it.
     """
     from rag.answer import split_relevant
     from rag.rerank import Reranker, make_reranker, rerank
@@ -108,8 +110,9 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
     # A tie in recall goes to the mode that ranks the answer-bearing chunk higher (a small model
     # reads the first passage most), then to the one without a reranker (cheaper), then to hybrid.
     best = max(recall, key=lambda m: (recall[m], mrr[m], "+" not in m, m.split("+")[0] == "hybrid"))
+    best_mode, _, best_rerank = best.partition("+")
     out: dict[str, Any] = {"k": k, "questions": len(answerable), "recall": recall, "mrr": mrr, "p50_ms": p50,
-                           "best": best}
+                           "best": best, "best_mode": best_mode, "best_rerank": best_rerank or "off"}
     if loaded:
         out["rerank_depth"] = depth
         out["rerankers"] = {name: r.model_label for name, r in loaded.items()}
