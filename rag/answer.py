@@ -187,6 +187,7 @@ class Answerer:
         self.ws = ws
         self.audit = audit or AuditLog.for_workspace(ws)
         self._retriever: Any = None
+        self._reranker: Any = None
         self._backends: dict[tuple[str, str], tuple[ModelRef, ChatBackend]] = {}
         self._lock = threading.Lock()
 
@@ -197,6 +198,15 @@ class Answerer:
 
             self._retriever = open_retriever(self.ws)
         return self._retriever
+
+    @property
+    def reranker(self) -> Any:
+        """The chat.rerank stage (loaded on first use), or None when it is off."""
+        if self._reranker is None and self.ws.config.chat.rerank != "off":
+            from rag.rerank import make_reranker
+
+            self._reranker = make_reranker(self.ws)
+        return self._reranker
 
     def backend(self, model: str | None = None, backend: str | None = None) -> tuple[ModelRef, ChatBackend]:
         key = (backend or self.ws.config.chat.backend, model or self.ws.config.chat.model)
@@ -214,6 +224,25 @@ class Answerer:
             # dense cosines on every mode's results: chat.min_score gates BM25 hits too
             return list(self.retriever.search(question, k=k or cfg.top_k, mode=cfg.mode, dense_scores=True))
 
+    def relevant(self, question: str, k: int | None = None,
+                 timings: dict[str, float] | None = None) -> tuple[list[Chunk], list[Chunk]]:
+        """(chunks an answer reads, candidates below chat.min_score): the first stage, the relevance
+        gate, then chat.rerank over chat.rerank_depth candidates when it is on (its time goes to
+        ``timings['rerank_ms']``)."""
+        cfg = self.ws.config.chat
+        k = k or cfg.top_k
+        reranker = self.reranker
+        if reranker is None:
+            return split_relevant(self.retrieve(question, k), cfg.min_score)
+        from rag.rerank import rerank
+
+        kept, below = split_relevant(self.retrieve(question, max(k, cfg.rerank_depth)), cfg.min_score)
+        t = time.perf_counter()
+        chunks = rerank(reranker, question, kept, k)
+        if timings is not None:
+            timings["rerank_ms"] = (time.perf_counter() - t) * 1000
+        return chunks, below
+
     def answer(self, question: str, *, model: str | None = "tuned", backend: str | None = None, rag: bool = True,
                k: int | None = None, history: Sequence[Message] = (), on_token: Callable[[str], None] | None = None,
                event: str = "query", max_tokens: int | None = None, extra: dict[str, Any] | None = None) -> AnswerResult:
@@ -229,7 +258,7 @@ class Answerer:
         below: list[Chunk] = []
         if rag:
             t = time.perf_counter()
-            chunks, below = split_relevant(self.retrieve(question, k), cfg.min_score)
+            chunks, below = self.relevant(question, k, timings)
             timings["retrieve_ms"] = (time.perf_counter() - t) * 1000
             if not chunks:
                 res = AnswerResult(NO_CONTEXT, ref.label, be.name, [], 0.0, NO_CONTEXT, refused=True,
@@ -287,7 +316,8 @@ class Answerer:
             sources=[c.location for c in res.retrieved], scores=[round(float(c.score), 6) for c in res.retrieved],
             cited=[c.chunk_id for c in res.citations], dropped_chunks=res.dropped_chunks or None,
             below_threshold=len(below) or None, answer=res.raw if res.raw else None,
-            latency_ms=round(res.latency_ms, 1), **(extra or {}),
+            latency_ms=round(res.latency_ms, 1),
+            **({"rerank": self._reranker.model_label} if self._reranker is not None and res.rag else {}), **(extra or {}),
         )
         res.audit_seq = int(rec["seq"])
 

@@ -224,6 +224,9 @@ BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 TrainerName = Literal["auto", "unsloth", "hf"]
 #: student.backend / train --backend
 TRAINER_NAMES: tuple[str, ...] = get_args(TrainerName)
+RerankName = Literal["off", "cross-encoder", "llm"]
+#: chat.rerank: the rerank stages (rag.rerank builds each); eval --rerank offers these
+RERANK_NAMES: tuple[str, ...] = get_args(RerankName)
 
 
 class ChatConfig(Section):
@@ -246,6 +249,14 @@ class ChatConfig(Section):
     base_url: str | None = Field(None, description="For the openai backend.")
     base_gguf: str | None = Field(None, description="Base GGUF for llama-cpp (default: the family's packaged/base GGUF).")
     offline: bool = Field(False, description="ask/chat/serve refuse every non-loopback network connection (socket guard).")
+    rerank: RerankName = Field(
+        "off", description="Reorder the first-stage candidates before the top_k are kept: 'cross-encoder' (a "
+                           "sentence-transformers CrossEncoder, chat.rerank_model), 'llm' (the local llama.cpp model "
+                           "judges each passage from its Yes/No logprobs) or 'off'.")
+    rerank_model: str | None = Field(
+        None, description="cross-encoder: a local folder or a hub id already in the Hugging Face cache (required). "
+                          "llm: 'base', 'tuned', an export name or a .gguf path (default: 'base').")
+    rerank_depth: int = Field(20, ge=1, le=200, description="Candidates the reranker reads per question (at least top_k).")
 
 
 class AuditConfig(Section):

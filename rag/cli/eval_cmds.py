@@ -14,23 +14,32 @@ from rag.cli.common import (
     print_json,
 )
 from rag.cli.progress import progress_bar
-from rag.config import load_workspace
+from rag.config import RERANK_NAMES, load_workspace
 
 
-def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k: int | None, as_json: bool) -> None:
+def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k: int | None, as_json: bool,
+                      rerankers: list[str] | None = None) -> None:
     from rag.evaluate import load_items, retrieval_recall
 
-    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k)
+    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k, rerankers=rerankers)
     if as_json:
         print_json(rep)
         return
+    chat = ws.config.chat
     click.echo(f"Retrieval recall@{rep['k']} over {rep['questions']} answerable questions (chat.mode is "
-               f"{ws.config.chat.mode}):")
+               f"{chat.mode}, chat.rerank is {chat.rerank}):")
+    width = max(7, *(len(m) for m in rep["recall"]))
     for mode, value in rep["recall"].items():
-        click.echo(f"  {mode:<7} {value:.2f}  (MRR {rep['mrr'][mode]:.2f}){'  <- best' if mode == rep['best'] else ''}")
+        click.echo(f"  {mode:<{width}} {value:.2f}  (MRR {rep['mrr'][mode]:.2f}, p50 {rep['p50_ms'][mode]:.1f} ms)"
+                   f"{'  <- best' if mode == rep['best'] else ''}")
+    if "rerankers" in rep:
+        models = ", ".join(f"{n} = {label}" for n, label in rep["rerankers"].items())
+        click.echo(f"MODE+RERANKER rows rerank the first {rep['rerank_depth']} candidates ({models}).")
     click.echo("Ties in recall go to the higher MRR (the answer-bearing passage ranked nearer the top).")
-    if rep["best"] != ws.config.chat.mode:
-        click.echo(f"Set chat.mode: {rep['best']} in raftsmith.yaml to use the best mode for these questions.")
+    mode, reranker = rep["best_mode"], rep["best_rerank"]
+    if (mode, reranker) != (chat.mode, chat.rerank):
+        click.echo(f"Set chat.mode: {mode} and chat.rerank: {reranker} in raftsmith.yaml to use the best "
+                   "retrieval for these questions.")
 
 
 @click.command("eval")
@@ -49,16 +58,21 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
               help="Also ask the packaged general-knowledge probe (110 questions, closed book) and report "
                    "retention: the share of the base model's right answers the tuned model keeps.")
 @click.option("--retrieval", "retrieval_only", is_flag=True,
-              help="Only measure retrieval: recall@k of dense, bm25 and hybrid on the questions (no model runs).")
+              help="Only measure retrieval: recall@k, MRR and p50 latency of dense, bm25 and hybrid on the questions, "
+                   "each also reranked when chat.rerank or --rerank names a reranker (no answering model runs).")
 @click.option("--preferences", "preferences_only", is_flag=True,
               help="Only summarise the arena marks made on the 'raftsmith ui' page (the human-preference row; no model runs).")
 @click.option("--k", "k", type=click.IntRange(1, 100), default=None, help="k for --retrieval (default: chat.top_k).")
+@click.option("--rerank", "rerankers", multiple=True, type=click.Choice(RERANK_NAMES),
+              help="With --retrieval: also measure each mode reranked by this backend (repeatable; default: "
+                   "chat.rerank when it is on; 'off' = no reranked rows).")
 @click.option("--json", "as_json", is_flag=True)
 @offline_option
 @config_option
 @handle_errors
 def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
-             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, preferences_only: bool, k: int | None, as_json: bool,
+             out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, preferences_only: bool, k: int | None,
+             rerankers: tuple[str, ...], as_json: bool,
              offline: bool,
              config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
@@ -74,7 +88,7 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
             click.echo(prefs.line() if prefs else "No arena marks yet: mark answers in the Arena view of 'raftsmith ui'.")
         return
     if retrieval_only:
-        _retrieval_report(ws, list(questions) or None, limit, k, as_json)
+        _retrieval_report(ws, list(questions) or None, limit, k, as_json, list(rerankers) or None)
         return
     modes = [True, False] if (both or rag is None) else [rag]
     names = [m.strip() for m in models.split(",") if m.strip()]

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import statistics
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rag.evaluate.probe import load_probe, probe_model, probe_summary
 from rag.evaluate.questions import EvalItem, load_items
 from rag.evaluate.report import EvalReport, write_outputs
 from rag.progress import Progress, emit
+from rag.types import Chunk
 
 
 def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
@@ -40,48 +42,81 @@ def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = None,
-                     modes: Sequence[str] = ("dense", "bm25", "hybrid")) -> dict[str, Any]:
-    """Recall@k of each retrieval mode over the answerable items, with no model involved.
+                     modes: Sequence[str] = ("dense", "bm25", "hybrid"),
+                     rerankers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Recall@k of each retrieval mode over the answerable items, with no answering model involved.
 
     A question counts as found when one of its top-k chunks is an oracle chunk (eval split
     rows) or contains the normalized reference answer (question YAML items). This is the
     ceiling RAG answers can reach with ``chat.top_k = k`` (after the ``chat.min_score``
     relevance gate, as in answering): measure it on your own question set to choose ``chat.mode``.
     ``mrr`` is the mean reciprocal rank of the first answer-bearing chunk within those k; it
-    breaks ties in recall when ``best`` is chosen.
+    breaks ties in recall when ``best`` is chosen. ``p50_ms`` is the median time of one
+    question's retrieval, run one question at a time as ``ask`` does.
+
+    ``rerankers`` (default: chat.rerank when it is on) are measured on top of every mode, as
+    rows named ``MODE+RERANKER``: chat.rerank_depth candidates, the gate, then the reranker's top k.
+    ``best`` is one of those row names; ``best_mode`` / ``best_rerank`` are the chat.mode and
+    chat.rerank values that give it.
     """
     from rag.answer import split_relevant
+    from rag.rerank import Reranker, make_reranker, rerank
     from rag.retrieve import Retriever
 
-    k = k or ws.config.chat.top_k
-    min_score = ws.config.chat.min_score
+    chat = ws.config.chat
+    k = k or chat.top_k
     answerable = [it for it in items if not it.unanswerable and it.answer]
     if not answerable:
         raise ConfigError("No answerable questions to measure retrieval with; give a question file with answers.")
+    names = [chat.rerank] if rerankers is None else list(rerankers)
+    loaded: dict[str, Reranker] = {}
+    for name in dict.fromkeys(names):
+        reranker = make_reranker(ws, name)
+        if reranker is not None:
+            loaded[name] = reranker
+    depth = max(k, chat.rerank_depth)
     retriever = Retriever.from_workspace(ws)
+    recall: dict[str, float] = {}
+    mrr: dict[str, float] = {}
+    p50: dict[str, float] = {}
     try:
-        recall: dict[str, float] = {}
-        mrr: dict[str, float] = {}
         for mode in modes:
-            results = retriever.search_many([it.question for it in answerable], k=k, mode=mode, dense_scores=True)
-            found, reciprocal = 0, 0.0
-            for it, hits in zip(answerable, results, strict=True):
-                chunks, _below = split_relevant(hits, min_score)  # what an answer would be given
-                ref = normalize(it.answer or "")
-                oracles = set(it.oracle_chunk_ids)
-                rank = next((r for r, c in enumerate(chunks, start=1)
-                             if c.chunk_id in oracles or contains_words(normalize(c.text), ref)), None)
-                if rank is not None:
-                    found += 1
-                    reciprocal += 1.0 / rank
-            recall[mode] = round(found / len(answerable), 4)
-            mrr[mode] = round(reciprocal / len(answerable), 4)
+            for name, reranker in [("", None), *loaded.items()]:
+                label = f"{mode}+{name}" if name else mode
+
+                def top(question: str, mode: str = mode, reranker: Any = reranker) -> list[Chunk]:
+                    hits = retriever.search(question, k=depth if reranker else k, mode=mode, dense_scores=True)
+                    chunks, _below = split_relevant(hits, chat.min_score)  # what an answer would be given
+                    return rerank(reranker, question, chunks, k) if reranker else chunks
+
+                top(answerable[0].question)  # warm-up: model loads are not a query's latency
+                found, reciprocal, times = 0, 0.0, []
+                for it in answerable:
+                    t0 = time.perf_counter()
+                    chunks = top(it.question)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    ref = normalize(it.answer or "")
+                    oracles = set(it.oracle_chunk_ids)
+                    rank = next((r for r, c in enumerate(chunks, start=1)
+                                 if c.chunk_id in oracles or contains_words(normalize(c.text), ref)), None)
+                    if rank is not None:
+                        found += 1
+                        reciprocal += 1.0 / rank
+                recall[label] = round(found / len(answerable), 4)
+                mrr[label] = round(reciprocal / len(answerable), 4)
+                p50[label] = round(statistics.median(times), 2)
     finally:
         retriever.close()
     # A tie in recall goes to the mode that ranks the answer-bearing chunk higher (a small model
-    # reads the first passage most), then to hybrid.
-    best = max(recall, key=lambda m: (recall[m], mrr[m], m == "hybrid"))
-    return {"k": k, "questions": len(answerable), "recall": recall, "mrr": mrr, "best": best}
+    # reads the first passage most), then to the one without a reranker (cheaper), then to hybrid.
+    best = max(recall, key=lambda m: (recall[m], mrr[m], "+" not in m, m.split("+")[0] == "hybrid"))
+    best_mode, _, best_rerank = best.partition("+")
+    out: dict[str, Any] = {"k": k, "questions": len(answerable), "recall": recall, "mrr": mrr, "p50_ms": p50,
+                           "best": best, "best_mode": best_mode, "best_rerank": best_rerank or "off"}
+    if loaded:
+        out["rerank_depth"] = depth
+        out["rerankers"] = {name: r.model_label for name, r in loaded.items()}
+    return out
 
 
 def run_eval(ws: Workspace, models: Sequence[str] = ("base", "tuned"), rag_modes: Sequence[bool] = (True, False),

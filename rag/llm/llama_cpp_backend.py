@@ -176,6 +176,10 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as plain text (no BOS, special-token markup not parsed)."""
+        return [int(t) for t in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)]
+
     def render_prompt(self, messages: Sequence[Message]) -> str | None:
         """The exact prompt text the GGUF's chat template makes of ``messages`` (None: no template)."""
         template = (self._llm.metadata or {}).get("tokenizer.chat_template")
@@ -202,6 +206,30 @@ class LlamaCppBackend:
 
             return count_message_tokens(self, messages)
         return len(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
+    def next_token_logits(self, prompt: str) -> Any:
+        """Logits (float32 numpy vector over the vocabulary) of the token that follows ``prompt``.
+
+        ``prompt`` is rendered text (special tokens are parsed, a BOS is added). The KV cache
+        of a prefix shared with the previous evaluation is reused, so scoring many passages
+        after one fixed instruction re-reads only what differs. Used by the llm reranker.
+        """
+        import numpy as np
+
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) >= self.context_length:
+            raise BackendError(f"a prompt of {len(tokens)} tokens does not fit the context of {self.context_length}")
+        with self._lock:
+            llm = self._llm
+            seen = llm.input_ids[: llm.n_tokens]
+            same = 0
+            for a, b in zip(seen, tokens, strict=False):
+                if int(a) != b:
+                    break
+                same += 1
+            llm.n_tokens = min(same, len(tokens) - 1)  # at least one token is evaluated: its logits are read
+            llm.eval(tokens[llm.n_tokens:])
+            return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
 
     def chat(self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
              stop: Sequence[str] | None = None, stream: bool = False) -> str | Iterator[str]:
