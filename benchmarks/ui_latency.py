@@ -5,12 +5,15 @@ alternating which path goes first each round so load drift hits both:
 
 * **cold**: ``ask``'s path (a fresh Answerer: embedder and model load, retrieve, generate,
   audit) vs a freshly built page server answering its first POST /api/ask over HTTP (the
-  NDJSON stream read by httpx until the "done" line). Target: page <= ask + 10 %.
+  NDJSON stream read by httpx until the "done" line). Target: page <= ask + 10 %. Each path
+  runs in a process of its own (``--child``), as a user's ``ask`` and ``ui`` do: in one
+  process the two would share the loaded llama.cpp model and its prompt cache, and the
+  second path's "cold" answer would not be cold.
 * **warm**: the next question on the same Answerer vs on the same running page.
 * **transport**: per page answer, the client's wall time vs the Answerer's own latency for
   that very answer: what HTTP, the guard and the stream add, free of load drift between calls.
 
-    python benchmarks/ui_latency.py [--rounds 3] [--max-tokens 32] [--workspace DIR]
+    python benchmarks/ui_latency.py [--rounds 7] [--max-tokens 32] [--workspace DIR]
 
 Writes benchmarks/results/ui_latency.json (medians, the ratios, the machine's load).
 """
@@ -23,6 +26,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,13 +72,14 @@ def _via_ask(ws: Any, questions: list[str]) -> list[dict[str, Any]]:
             first: list[float] = []
             t = time.perf_counter()
             res = engine.answer(q, model="base", on_token=lambda _p, f=first, t=t: f or f.append(time.perf_counter() - t))
-            out.append({"total_s": time.perf_counter() - t, "first_token_s": first[0] if first else None, "raw": res.raw})
+            out.append({"total_s": time.perf_counter() - t, "first_token_s": first[0] if first else None, "raw": res.raw,
+                        "timings": res.timings})
     finally:
         engine.close()
     return out
 
 
-def _via_page(ws: Any, questions: list[str]) -> list[dict[str, Any]]:
+def _via_page(ws: Any, questions: list[str], warm: bool = False) -> list[dict[str, Any]]:
     import httpx
 
     from rag.ui.security import CSRF_HEADER
@@ -82,6 +87,11 @@ def _via_page(ws: Any, questions: list[str]) -> list[dict[str, Any]]:
 
     server = make_ui_server(ws, port=0, model="base")
     server.start()
+    warm_s = None
+    if warm:  # as `raftsmith ui` does: load the models while the user opens the page
+        t = time.perf_counter()
+        server.warm_up().join()
+        warm_s = time.perf_counter() - t
     origin = f"http://127.0.0.1:{server.http.port}"
     headers = {"Origin": origin, CSRF_HEADER: server.state.csrf_token, "Content-Type": "application/json"}
     out = []
@@ -91,6 +101,7 @@ def _via_page(ws: Any, questions: list[str]) -> list[dict[str, Any]]:
                 first = None
                 raw = None
                 engine_s = None
+                timings: dict[str, float] = {}
                 t = time.perf_counter()
                 with client.stream("POST", "/api/ask", headers=headers,
                                    content=json.dumps({"question": q, "model": "base", "rag": True})) as resp:
@@ -102,9 +113,11 @@ def _via_page(ws: Any, questions: list[str]) -> list[dict[str, Any]]:
                         elif event["type"] == "done":
                             raw = event["result"]["raw"]
                             engine_s = event["result"]["latency_ms"] / 1000
+                            timings = event["result"]["timings"]
                         elif event["type"] == "error":
                             raise SystemExit(f"the page failed: {event['message']}")
-                out.append({"total_s": time.perf_counter() - t, "first_token_s": first, "raw": raw, "engine_s": engine_s})
+                out.append({"total_s": time.perf_counter() - t, "first_token_s": first, "raw": raw, "engine_s": engine_s,
+                            "timings": timings, "warm_up_s": warm_s})
     finally:
         server.stop()
     return out
@@ -116,24 +129,34 @@ def _median(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--workspace", help="A workspace to use (default: the Kestrel sample, ingested in a temp dir).")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ui_latency.json"))
+    ap.add_argument("--child", choices=("ask", "page", "page-warm"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     from rag.config import load_workspace
 
+    if args.child:  # one path, in a fresh process: print its two answers as JSON
+        ws = load_workspace(Path(args.workspace) / "raftsmith.yaml")
+        out = _via_ask(ws, [Q, Q2]) if args.child == "ask" else _via_page(ws, [Q, Q2], warm=args.child == "page-warm")
+        print(json.dumps(out))
+        return
     load_start = os.getloadavg()
-    runs: dict[str, list[list[dict[str, Any]]]] = {"ask": [], "page": []}
+    runs: dict[str, list[list[dict[str, Any]]]] = {"ask": [], "page": [], "page-warm": []}
     with tempfile.TemporaryDirectory() as d:
-        ws = load_workspace(_workspace(args.workspace, Path(d), args.max_tokens) / "raftsmith.yaml")
+        root = _workspace(args.workspace, Path(d), args.max_tokens)
         for i in range(args.rounds):
-            order = ("ask", "page") if i % 2 == 0 else ("page", "ask")
+            order = ("ask", "page", "page-warm") if i % 2 == 0 else ("page-warm", "page", "ask")
             for path in order:
-                runs[path].append((_via_ask if path == "ask" else _via_page)(ws, [Q, Q2]))
+                proc = subprocess.run([sys.executable, __file__, "--child", path, "--workspace", str(root)],
+                                      check=True, capture_output=True, text=True)
+                runs[path].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    warmed = runs.pop("page-warm")
     cold = {p: [r[0]["total_s"] for r in rs] for p, rs in runs.items()}
     warm = {p: [r[1]["total_s"] for r in rs] for p, rs in runs.items()}
     ttft = {p: [r[0]["first_token_s"] for r in rs if r[0]["first_token_s"] is not None] for p, rs in runs.items()}
+    after_warm_up = [r[0]["total_s"] for r in warmed]
     # what HTTP, the guard and the NDJSON stream add to the very same answer (load-robust: one call)
     transport = [(r[k]["total_s"] - r[k]["engine_s"]) / r[k]["engine_s"] for r in runs["page"] for k in (0, 1)]
     identical = sum(a[0]["raw"] == p[0]["raw"] and a[1]["raw"] == p[1]["raw"] for a, p in zip(runs["ask"], runs["page"], strict=True))
@@ -147,17 +170,28 @@ def main() -> None:
         "warm_answer_s": {p: _median(v) for p, v in warm.items()},
         "cold_overhead_ratio": round(_median(cold["page"]) / _median(cold["ask"]) - 1, 4),
         "warm_overhead_ratio": round(_median(warm["page"]) / _median(warm["ask"]) - 1, 4),
+        # per round, page vs ask run back to back: drift between rounds cancels out
+        "cold_overhead_paired_median": round(statistics.median(p / a - 1 for p, a in zip(cold["page"], cold["ask"], strict=True)), 4),
+        "warm_overhead_paired_median": round(statistics.median(p / a - 1 for p, a in zip(warm["page"], warm["ask"], strict=True)), 4),
         "page_transport_overhead_ratio": round(statistics.median(transport), 4),
         "identical_answers": f"{identical}/{args.rounds}",
+        # `raftsmith ui` loads the models at start: the first question typed after that
+        "ui_first_answer_after_warm_up_s": _median(after_warm_up),
+        "ui_warm_up_s": _median([r[0]["warm_up_s"] for r in warmed]),
+        "ui_after_warm_up_vs_cold_ask_ratio": round(_median(after_warm_up) / _median(cold["ask"]), 4),
         "samples_s": {"cold": cold, "warm": warm},
+        # the Answerer's own phase timings (ms) per answer, to see where a difference comes from
+        "phases_ms": {p: {"cold": [r[0]["timings"] for r in rs], "warm": [r[1]["timings"] for r in rs]} for p, rs in runs.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"first answer: page {result['cold_first_answer_s']['page']:.2f} s vs ask {result['cold_first_answer_s']['ask']:.2f} s "
-          f"({result['cold_overhead_ratio']:+.1%}); warm answer: page {result['warm_answer_s']['page']:.2f} s vs "
-          f"ask {result['warm_answer_s']['ask']:.2f} s ({result['warm_overhead_ratio']:+.1%}); HTTP+stream on top of the "
+          f"({result['cold_overhead_ratio']:+.1%}, paired per round {result['cold_overhead_paired_median']:+.1%}); warm answer: page {result['warm_answer_s']['page']:.2f} s vs "
+          f"ask {result['warm_answer_s']['ask']:.2f} s ({result['warm_overhead_ratio']:+.1%}, paired "
+          f"{result['warm_overhead_paired_median']:+.1%}); HTTP+stream on top of the "
           f"same answer {result['page_transport_overhead_ratio']:+.1%}; identical answers "
-          f"{result['identical_answers']}. -> {args.out}")
+          f"{result['identical_answers']}; `raftsmith ui` (models loaded at start, {result['ui_warm_up_s']:.1f} s) answers its "
+          f"first question in {result['ui_first_answer_after_warm_up_s']:.2f} s. -> {args.out}")
 
 
 if __name__ == "__main__":

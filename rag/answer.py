@@ -328,6 +328,22 @@ class Answerer:
         self.audit.append("model_switch", model=ref.audit_model(), previous=old, requested=new, backend=ref.backend)
         return ref
 
+    def warm(self, model: str | None = None, rag: bool = True) -> dict[str, float]:
+        """Load what the first answer would load (embedder, index, reranker, the model) and run
+        the embedder once; returns seconds per part. For long-running front ends (``raftsmith
+        ui``), so that loading happens before the first question rather than during it."""
+        took: dict[str, float] = {}
+        t = time.perf_counter()
+        if rag:
+            self.retrieve("warm up")
+            took["retrieval_s"] = time.perf_counter() - t
+            if self.reranker is not None:
+                took["rerank_s"] = time.perf_counter() - t - took["retrieval_s"]
+        t = time.perf_counter()
+        self.backend(model)
+        took["model_s"] = time.perf_counter() - t
+        return took
+
     def close(self) -> None:
         if self._retriever is not None:
             self._retriever.close()

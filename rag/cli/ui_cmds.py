@@ -18,11 +18,12 @@ from rag.config import load_workspace
               help="The model selected when the page opens.")
 @click.option("--no-rag", is_flag=True, help="Start with retrieval off (closed book).")
 @click.option("--max-tokens", type=click.IntRange(1, 8192), default=None, help="Reply length (default: chat.max_tokens).")
+@click.option("--no-warm", is_flag=True, help="Do not load the embedder and model at start (they then load on the first question).")
 @offline_option
 @config_option
 @handle_errors
-def ui_cmd(host: str, port: int, allow_remote: bool, model: str, no_rag: bool, max_tokens: int | None, offline: bool,
-           config_path: str | None) -> None:
+def ui_cmd(host: str, port: int, allow_remote: bool, model: str, no_rag: bool, max_tokens: int | None, no_warm: bool,
+           offline: bool, config_path: str | None) -> None:
     """A local web page: chat with sources, base/tuned switch, arena, status and the eval report."""
     from rag.netguard import maybe_offline
     from rag.ui.server import make_ui_server
@@ -33,6 +34,8 @@ def ui_cmd(host: str, port: int, allow_remote: bool, model: str, no_rag: bool, m
     click.echo(f"raftsmith ui on {server.url} (Ctrl-C stops).")
     try:
         with maybe_offline(offline or ws.config.chat.offline):
+            if not no_warm:
+                server.warm_up()
             server.serve_forever()
     except KeyboardInterrupt:
         click.echo("stopped")

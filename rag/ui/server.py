@@ -41,6 +41,26 @@ class UiServer:
     def url(self) -> str:
         return self.http.url + "/"
 
+    def warm_up(self) -> threading.Thread:
+        """Load the embedder, index and the selected model in the background while the page opens.
+
+        A question asked meanwhile waits for it (both hold the generation lock), so nothing
+        loads twice. A failure here is only logged: the question will raise it properly.
+        """
+        state = self.state
+
+        def run() -> None:
+            try:
+                with state.generate_lock:
+                    took = state.engine.warm(state.model, rag=state.rag)
+                log.info("ui ready: %s", ", ".join(f"{k} {v:.1f}" for k, v in took.items()))
+            except Exception as err:  # noqa: BLE001 - the first question reports it with its fix
+                log.warning("could not load the models ahead of the first question: %s", err)
+
+        thread = threading.Thread(target=run, daemon=True, name="raftsmith-ui-warm")
+        thread.start()
+        return thread
+
     def serve_forever(self) -> None:
         try:
             self.http.serve_forever()
