@@ -110,14 +110,17 @@ async def _run_streamed(work: Callable[[Callable[[dict[str, Any]], None]], None]
     threading.Thread(target=target, daemon=True, name="raftsmith-ui-answer").start()
     done = False
     while not done:
-        items = [await q.get()]
+        got = [await q.get()]
         while not q.empty():
-            items.append(q.get_nowait())
-        if None in items:
-            done = True
-            items = items[: items.index(None)]
-        if items:
-            yield b"".join(_line(item) for item in items)
+            got.append(q.get_nowait())
+        lines = []
+        for item in got:
+            if item is None:
+                done = True
+                break
+            lines.append(_line(item))
+        if lines:
+            yield b"".join(lines)
 
 
 def _question(body: dict[str, Any]) -> str:
