@@ -65,13 +65,23 @@ class CorpusConfig(Section):
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
 
 
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
+#: embedding.backend: what runs the embedding model (rag.index.embedder.load_embedder builds each)
+EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
+
+
 class EmbeddingConfig(Section):
     model: str = Field("default", description="'default' = packaged all-MiniLM-L6-v2; or a local folder or hub id.")
     batch_size: int = Field(32, ge=1)
     device: str = Field("cpu", description="'cpu', 'cuda', 'mps' or 'auto'.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' = bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; ~1.4x "
-        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision.")
+        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision. Torch backend only.")
+    backend: EmbeddingBackend = Field(
+        "torch", description="'torch' = sentence-transformers on PyTorch (CPU, CUDA, MPS); 'onnx' = the same model "
+        "exported once to ONNX and run by onnxruntime on the CPU (vectors equal to torch's, cosine >= 0.9999); "
+        "'onnx-int8' = that export with int8 dynamic quantization (faster, cosine to torch ~0.99; switching to or "
+        "from it re-embeds the index). The onnx backends need the 'onnx' extra.")
 
 
 class IndexConfig(Section):

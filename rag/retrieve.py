@@ -67,6 +67,13 @@ class Retriever:
                 f"The index at {self.index_dir} was built with embedding.model '{stored_model}' but the config "
                 f"says '{wanted}'. Set embedding.model back, or run 'raftsmith ingest' to rebuild the index."
             )
+        from rag.index.embedder import vector_family
+
+        stored_family = self.store.get_meta("embedding_vectors") or "float"
+        if stored_family != vector_family(embedding.backend):
+            log.warning("the index at %s holds %s vectors but embedding.backend '%s' makes %s ones: results may "
+                        "differ slightly; run 'raftsmith ingest' to re-embed, or set embedding.backend back",
+                        self.index_dir, stored_family, embedding.backend, vector_family(embedding.backend))
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> Retriever:

@@ -207,7 +207,12 @@ class _Ingestor:
         return out
 
     def embed_sha(self, spec: ChunkSpec) -> str:
-        return hashlib.sha256(f"{self.cfg.embedding.model}\x00{embed_text(spec)}".encode()).hexdigest()
+        from rag.index.embedder import vector_family
+
+        # float vectors (torch, onnx) keep the key they always had; int8 ones never stand in for them
+        family = vector_family(self.cfg.embedding.backend)
+        model = self.cfg.embedding.model if family == "float" else f"{self.cfg.embedding.model}\x00{family}"
+        return hashlib.sha256(f"{model}\x00{embed_text(spec)}".encode()).hexdigest()
 
 
 __all__ = ["FileResult", "IngestReport", "embed_text", "ingest"]
@@ -228,11 +233,15 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                     f"/{ws.config.corpus.chunk_overlap}")
     chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
 
+    from rag.index.embedder import vector_family
+
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
         try:
             reset = rebuild or store.outdated  # the old rows go, and the schema is made anew
+            family = vector_family(ws.config.embedding.backend)
             rebuild = (reset or store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
+                       or (store.get_meta("embedding_vectors") or "float") != family
                        or store.get_meta("chunking") not in (None, chunking_sig))
             if store.outdated:
                 log.warning("the index has an older format: rebuilding it from the documents")
@@ -329,6 +338,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                 dim = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 0)
                 store.set_meta("generation", str(generation))
                 store.set_meta("embedding_model", ws.config.embedding.model)
+                store.set_meta("embedding_vectors", family)
                 store.set_meta("chunking", chunking_sig)
                 store.set_meta("faiss_kind", kind)
                 if dim:
