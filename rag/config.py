@@ -86,7 +86,16 @@ class EmbeddingConfig(Section):
 
 class IndexConfig(Section):
     path: str = Field(f"{STATE_DIR}/index", description="Folder holding the FAISS index and SQLite store.")
-    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="FAISS index type; auto = flat below 50k chunks, HNSW above.")
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
+        "auto", description="FAISS index type; auto = flat up to 50k chunks, HNSW up to 3M while its float vectors "
+        "fit index.memory_budget_mb, above that IVF-PQ (48-byte codes per chunk, trained on a sample, its top "
+        "candidates rescored with the exact vectors from SQLite).")
+    memory_budget_mb: float = Field(
+        4000, gt=0, description="Query-side RAM the FAISS index may take (index.kind auto): an HNSW index that "
+        "would pass it becomes IVF-PQ. 'raftsmith index stats' reports what an index takes.")
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="HNSW efSearch / IVF nprobe are set at build time to the smallest value whose "
+        "recall@10 against exact search reaches this on held-out queries (recorded in meta.json).")
 
 
 class TeacherConfig(Section):

@@ -27,6 +27,7 @@ from rag.index.store import (
     ChunkRow,
     IndexStore,
     build_faiss,
+    calibrate,
     choose_kind,
     load_faiss,
     save_faiss,
@@ -332,7 +333,8 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                             report.chunks_removed += store.delete_document(src)
                             results.append(FileResult(src, "ok", "file no longer exists", "removed"))
                 n_total = store.count_chunks()
-                kind = choose_kind(ws.config.index.kind, n_total)
+                dim_known = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 384)
+                kind = choose_kind(ws.config.index.kind, n_total, dim_known, ws.config.index.memory_budget_mb)
                 changed = bool(todo) or report.chunks_removed > 0 or rebuild or store.get_meta("faiss_kind") != kind
                 generation = int(store.get_meta("generation") or 0) + (1 if changed else 0)
                 dim = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 0)
@@ -392,10 +394,16 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
                 mat = np.stack([np.frombuffer(blobs[i], dtype="<f4") for i in new_ids]).astype(np.float32)
                 index.add_with_ids(mat, ids)
             meta["tombstones"] = tombstones
+            if existing[1].get("search"):
+                meta["search"] = existing[1]["search"]
             save_faiss(ws.index_dir, index, meta)
             return
     ids_all, vecs = store.all_vectors()
-    save_faiss(ws.index_dir, build_faiss(ids_all, vecs, kind, dim), meta)
+    index = build_faiss(ids_all, vecs, kind, dim, ws.config.index.memory_budget_mb)
+    search = calibrate(index, vecs, ids_all, ws.config.index.recall_target)
+    if search:
+        meta["search"] = search
+    save_faiss(ws.index_dir, index, meta)
 
 
 def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: IngestReport) -> dict[str, bytes]:
