@@ -8,7 +8,7 @@ benchmarks/retrieval.py's scale test), 384-d like MiniLM; the text is synthetic 
 real SQLite/FTS5 store. Queries are stored vectors plus noise of norm ~1 (cosine ~0.7 to
 their source, like real questions to their answers) with 8 random words. Query-side RSS is
 measured in a fresh process that only loads the FAISS file (the store is read from disk).
-Writes benchmarks/results/index_scale.json.
+Adds its sizes to benchmarks/results/index_scale.json.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def query_rss_mb(faiss_path: Path) -> dict[str, float]:
     return {"rss_mb": round(after, 1), "index_mb": round(after - before, 1)}
 
 
-def bench(n: int, work: Path, queries: int = 200) -> dict[str, Any]:
+def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), queries: int = 200) -> dict[str, Any]:
     import numpy as np
 
     rnd = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def bench(n: int, work: Path, queries: int = 200) -> dict[str, Any]:
     qv /= np.linalg.norm(qv, axis=1, keepdims=True)
     qtext = [" ".join(vocab[j] for j in rnd.integers(0, len(vocab), 8)) for _ in range(queries)]
     truth = exact_top_k(vecs, ids, qv, 10)
-    for kind in ("flat", "hnsw", "ivfpq"):
+    for kind in kinds:
         say(f"{n}: {kind}")
         t0 = time.perf_counter()
         index = build_faiss(ids, vecs, kind, DIM)
@@ -128,12 +128,13 @@ def bench(n: int, work: Path, queries: int = 200) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--kinds", default="flat,hnsw,ivfpq", help="HNSW's build is ~7 min per million here")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "index_scale.json")
     args = ap.parse_args()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-") as tmp:
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            result[str(n)] = bench(n, Path(tmp))
+            result[str(n)] = bench(n, Path(tmp), tuple(args.kinds.split(",")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
