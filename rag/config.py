@@ -65,18 +65,37 @@ class CorpusConfig(Section):
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
 
 
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
+#: embedding.backend: what runs the embedding model (rag.index.embedder.load_embedder builds each)
+EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
+
+
 class EmbeddingConfig(Section):
     model: str = Field("default", description="'default' = packaged all-MiniLM-L6-v2; or a local folder or hub id.")
     batch_size: int = Field(32, ge=1)
     device: str = Field("cpu", description="'cpu', 'cuda', 'mps' or 'auto'.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' = bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; ~1.4x "
-        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision.")
+        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision. Torch backend only.")
+    backend: EmbeddingBackend = Field(
+        "torch", description="'torch' = sentence-transformers on PyTorch (CPU, CUDA, MPS); 'onnx' = the same model "
+        "exported once to ONNX and run by onnxruntime on the CPU (vectors equal to torch's, cosine >= 0.9999); "
+        "'onnx-int8' = that export with int8 dynamic quantization (faster, cosine to torch ~0.99; switching to or "
+        "from it re-embeds the index). The onnx backends need the 'onnx' extra.")
 
 
 class IndexConfig(Section):
     path: str = Field(f"{STATE_DIR}/index", description="Folder holding the FAISS index and SQLite store.")
-    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="FAISS index type; auto = flat below 50k chunks, HNSW above.")
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
+        "auto", description="FAISS index type; auto = flat up to 50k chunks, HNSW up to 3M while its float vectors "
+        "fit index.memory_budget_mb, above that IVF-PQ (48-byte codes per chunk, trained on a sample, its top "
+        "candidates rescored with the exact vectors from SQLite).")
+    memory_budget_mb: float = Field(
+        4000, gt=0, description="Query-side RAM the FAISS index may take (index.kind auto): an HNSW index that "
+        "would pass it becomes IVF-PQ. 'raftsmith index stats' reports what an index takes.")
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="HNSW efSearch / IVF nprobe are set at build time to the smallest value whose "
+        "recall@10 against exact search reaches this on held-out queries (recorded in meta.json).")
 
 
 class TeacherConfig(Section):

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rag.errors import ConfigError, IndexStoreError
 from rag.index.fusion import RRF_K, aggregate_groups, limit_per_group, rrf_fuse, score_fuse
-from rag.index.store import IndexStore, blob_to_vec, build_faiss, load_faiss, set_search_params
+from rag.index.store import (
+    IndexStore,
+    blob_to_vec,
+    build_faiss,
+    load_faiss,
+    search_vectors,
+    set_search_params,
+)
 from rag.types import Chunk
 
 if TYPE_CHECKING:
@@ -67,6 +74,13 @@ class Retriever:
                 f"The index at {self.index_dir} was built with embedding.model '{stored_model}' but the config "
                 f"says '{wanted}'. Set embedding.model back, or run 'raftsmith ingest' to rebuild the index."
             )
+        from rag.index.embedder import vector_family
+
+        stored_family = self.store.get_meta("embedding_vectors") or "float"
+        if stored_family != vector_family(embedding.backend):
+            log.warning("the index at %s holds %s vectors but embedding.backend '%s' makes %s ones: results may "
+                        "differ slightly; run 'raftsmith ingest' to re-embed, or set embedding.backend back",
+                        self.index_dir, stored_family, embedding.backend, vector_family(embedding.backend))
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> Retriever:
@@ -85,14 +99,17 @@ class Retriever:
         if self._faiss is None:
             generation = self.store.get_meta("generation")
             loaded = load_faiss(self.index_dir)
+            meta: dict[str, Any] = {}
             if loaded is not None and str(loaded[1].get("generation")) == generation:
-                self._faiss = loaded[0]
+                self._faiss, meta = loaded
             else:
                 log.warning("FAISS index in %s is missing or stale; rebuilding it in memory", self.index_dir)
                 ids, vecs = self.store.all_vectors()
                 dim = vecs.shape[1] if len(ids) else int(self.store.get_meta("dim") or 384)
                 self._faiss = build_faiss(ids, vecs, self.store.get_meta("faiss_kind") or "flat", dim)
-            set_search_params(self._faiss)
+                if loaded is not None:
+                    meta = {"search": loaded[1].get("search") or {}}
+            set_search_params(self._faiss, meta)
         return self._faiss
 
     # --- public API -------------------------------------------------------------------------
@@ -162,7 +179,8 @@ class Retriever:
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            scores, ids = index.search(np.asarray(qvec, dtype=np.float32).reshape(1, -1), min(depth, index.ntotal))
+            scores, ids = search_vectors(index, np.asarray(qvec, dtype=np.float32).reshape(1, -1),
+                                         min(depth, index.ntotal), self._exact_vectors)
         finally:
             faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
@@ -209,6 +227,16 @@ class Retriever:
         for c in chunks:
             c.meta.pop("_id", None)
         return chunks
+
+    def _exact_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (rescoring an IVF-PQ index's candidates); a removed id
+        (a tombstone) gets a zero vector, so it ranks last and is dropped with the rows."""
+        import numpy as np
+
+        blobs = self.store.vectors_for_ids([int(i) for i in ids])
+        dim = self._faiss.d
+        return np.stack([blob_to_vec(blobs[int(i)]) if int(i) in blobs else np.zeros(dim, dtype=np.float32)
+                         for i in ids]).astype(np.float32)
 
     def _attach_dense_scores(self, chunks: list[Chunk], qvec: np.ndarray, known: dict[int, float]) -> None:
         missing = [c.meta["_id"] for c in chunks if c.meta["_id"] not in known]

@@ -178,20 +178,38 @@ def _quiet_transformers() -> None:
         pass
 
 
-_CACHE: dict[tuple[str, str, int, str], SentenceEmbedder] = {}
+def vector_family(backend: str) -> str:
+    """What an index records about the backend: 'float' (torch fp32/bf16 autocast and onnx fp32
+    agree to cosine >= 0.9999, so vectors from one serve queries from the other) or 'int8'
+    (onnx-int8: cosine to float ~0.99, enough to move near ties, so ingest re-embeds when the
+    family changes and a query side of the other family is warned about)."""
+    return "int8" if backend == "onnx-int8" else "float"
+
+
+_CACHE: dict[tuple[str, str, int, str, str], TextEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> SentenceEmbedder:
-    """Load (once per process) the embedder named by ``cfg`` (relative folders: under ``root``)."""
+def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> TextEmbedder:
+    """Load (once per process) the embedder named by ``cfg`` (relative folders: under ``root``):
+    ``embedding.backend`` torch -> :class:`SentenceEmbedder`, onnx / onnx-int8 ->
+    :class:`~rag.index.onnx_embedder.OnnxEmbedder`."""
     model_dir = resolve_model_dir(cfg, root)
-    key = (str(model_dir), cfg.device, cfg.batch_size, cfg.precision)
+    key = (str(model_dir), cfg.device, cfg.batch_size, cfg.precision, cfg.backend)
     with _CACHE_LOCK:
         emb = _CACHE.get(key)
         if emb is None:
             model_id = "all-MiniLM-L6-v2" if cfg.model in ("", "default") else cfg.model
-            log.info("loading embedding model %s from %s", model_id, model_dir)
-            emb = SentenceEmbedder(model_dir, model_id, device=cfg.device, batch_size=cfg.batch_size,
-                                   precision=cfg.precision)
+            log.info("loading embedding model %s from %s (backend %s)", model_id, model_dir, cfg.backend)
+            if cfg.backend == "torch":
+                emb = SentenceEmbedder(model_dir, model_id, device=cfg.device, batch_size=cfg.batch_size,
+                                       precision=cfg.precision)
+            else:
+                if cfg.device not in ("cpu", "auto"):
+                    raise ConfigError(f"embedding.backend '{cfg.backend}' runs on the CPU; set embedding.device: cpu "
+                                      "or use embedding.backend: torch for a GPU.")
+                from rag.index.onnx_embedder import OnnxEmbedder
+
+                emb = OnnxEmbedder(model_dir, model_id, backend=cfg.backend, batch_size=cfg.batch_size)
             _CACHE[key] = emb
         return emb

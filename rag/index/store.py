@@ -17,7 +17,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,20 +352,66 @@ class IndexStore:
 
 
 # --- FAISS --------------------------------------------------------------------------------
-def choose_kind(kind: str, n: int) -> str:
-    if kind == "auto":
-        return "hnsw" if n > HNSW_THRESHOLD else "flat"
-    return kind
+#: index.kind: auto picks by size and index.memory_budget_mb; the others force one kind
+FAISS_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+#: auto: HNSW (float vectors in RAM) up to this many chunks, if it fits the budget; IVF-PQ above
+HNSW_MAX = 3_000_000
+HNSW_M = 32
+#: IVF-PQ: sub-quantizers (bytes per vector at 8 bits); 384 / 48 = 8 dims each
+PQ_BYTES = 48
+#: IVF-PQ candidates rescored with the exact vectors from SQLite (at least this many, or 10 * k)
+RESCORE_DEPTH = 100
+#: most vectors the IVF-PQ coarse quantizer and codebooks are trained on (a random sample)
+TRAIN_SAMPLE = 100_000
 
 
-def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int) -> Any:
+def resident_bytes(kind: str, n: int, dim: int) -> int:
+    """Estimated query-side RAM of a FAISS index of ``kind`` over ``n`` vectors."""
+    if kind == "hnsw":
+        return n * (4 * dim + 2 * HNSW_M * 4 + 16)  # vectors + level-0 links (+ upper levels, ids)
+    if kind == "ivfpq":
+        nlist = ivf_nlist(n)
+        return n * (_pq_m(dim) + 8) + nlist * dim * 4 + 256 * dim * 4  # codes + ids, centroids, codebooks
+    return n * (4 * dim + 8)  # flat and ivf: float vectors + ids
+
+
+def choose_kind(kind: str, n: int, dim: int = 384, memory_budget_mb: float | None = None) -> str:
+    """The FAISS kind for ``n`` vectors: ``kind`` itself unless 'auto'. Auto: flat below
+    HNSW_THRESHOLD, HNSW up to HNSW_MAX while its float vectors and graph fit the memory budget,
+    IVF-PQ (compressed codes, rescored from SQLite) above."""
+    if kind != "auto":
+        return kind
+    if n <= HNSW_THRESHOLD:
+        return "flat"
+    budget = None if memory_budget_mb is None else memory_budget_mb * 1_000_000
+    if n <= HNSW_MAX and (budget is None or resident_bytes("hnsw", n, dim) <= budget):
+        return "hnsw"
+    return "ivfpq"
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for ``n`` vectors: ~4 sqrt(n), with >= 39 training points per list."""
+    import math
+
+    return max(1, min(int(4 * math.sqrt(n)), n // 39, 65536))
+
+
+def _pq_m(dim: int) -> int:
+    m = min(PQ_BYTES, dim)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int,
+                memory_budget_mb: float | None = None, seed: int = 0) -> Any:
     import faiss
     import numpy as np
 
-    kind = choose_kind(kind, len(ids))
+    kind = choose_kind(kind, len(ids), dim, memory_budget_mb)
     index: Any
     if kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = 100
         base.hnsw.efSearch = 128
         index = faiss.IndexIDMap(base)
@@ -375,11 +421,154 @@ def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int) -> Any:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vecs)
         index.nprobe = min(nlist, 16)
+    elif kind == "ivfpq" and len(ids) >= 256 * 39:
+        index = train_ivfpq(vecs, dim, len(ids), seed=seed)
     else:
         index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        for start in range(0, len(ids), 200_000):
+            index.add_with_ids(np.ascontiguousarray(vecs[start:start + 200_000], dtype=np.float32),
+                               np.ascontiguousarray(ids[start:start + 200_000], dtype=np.int64))
     return index
+
+
+def train_ivfpq(sample_from: np.ndarray, dim: int, n: int, seed: int = 0) -> Any:
+    """An empty, trained IVF-PQ index for ``n`` vectors; trained on at most TRAIN_SAMPLE rows of
+    ``sample_from`` drawn at random (k-means cost grows with the sample, not with ``n``)."""
+    import faiss
+    import numpy as np
+
+    nlist = ivf_nlist(n)
+    rng = np.random.default_rng(seed)
+    take = min(len(sample_from), max(TRAIN_SAMPLE, 39 * nlist))
+    rows = np.sort(rng.choice(len(sample_from), size=take, replace=False)) if take < len(sample_from) else None
+    sample = np.ascontiguousarray(sample_from if rows is None else sample_from[rows], dtype=np.float32)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_m(dim), 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(sample)
+    index.nprobe = min(nlist, 16)
+    return index
+
+
+def index_kind(index: Any) -> str:
+    """The kind of a loaded FAISS index ('flat', 'hnsw', 'ivf', 'ivfpq')."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return "ivfpq"
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
+
+
+def _inner(index: Any) -> Any:
+    import faiss
+
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+
+
+def apply_search_params(index: Any, params: dict[str, Any]) -> None:
+    """Set nprobe (IVF kinds) or efSearch (HNSW) from ``params`` (meta.json's ``search``)."""
+    inner = _inner(index)
+    kind = index_kind(index)
+    if kind == "hnsw" and "ef_search" in params:
+        inner.hnsw.efSearch = int(params["ef_search"])
+    elif kind in ("ivf", "ivfpq") and "nprobe" in params:
+        inner.nprobe = int(params["nprobe"])
+
+
+def search_vectors(index: Any, queries: np.ndarray, k: int,
+                   exact: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the top ``k`` per query; an IVF-PQ index's candidates (RESCORE_DEPTH or
+    10 k of them) are rescored by ``exact(ids) -> float vectors`` when given."""
+    import numpy as np
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if exact is None or index_kind(index) != "ivfpq":
+        return index.search(q, k)
+    depth = min(max(RESCORE_DEPTH, 10 * k), max(index.ntotal, 1))
+    _, cand = index.search(q, depth)
+    out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(q), k), -1, dtype=np.int64)
+    for r in range(len(q)):
+        ids = cand[r][cand[r] >= 0]
+        if not len(ids):
+            continue
+        scores = exact(ids) @ q[r]
+        top = np.argsort(-scores)[:k]
+        out_s[r, :len(top)], out_i[r, :len(top)] = scores[top], ids[top]
+    return out_s, out_i
+
+
+def calibrate(index: Any, vecs: np.ndarray, ids: np.ndarray, target: float, k: int = 10,
+              n_queries: int = 200, seed: int = 1) -> dict[str, Any]:
+    """The smallest nprobe / efSearch whose recall@k against exact (flat) search reaches
+    ``target`` on held-out queries; sets it on ``index`` and returns what meta.json records.
+
+    The queries are stored vectors moved off their point (gaussian noise of norm ~1, then normalized), so
+    they sit among the chunks as real queries do without being one; exact search is a brute
+    force over ``vecs``. An IVF-PQ index is measured as the Retriever searches it: candidates
+    rescored with the exact vectors."""
+    import numpy as np
+
+    kind = index_kind(index)
+    if kind not in ("hnsw", "ivf", "ivfpq") or index.ntotal <= k:
+        return {}
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
+    # noise of norm ~1: cosine ~0.7 to the chunk it came from, as far as real questions lie from
+    # their answers with MiniLM (0.74-0.83 measured on the Kestrel facts); closer queries made
+    # nprobe too small for real ones
+    noise = rng.standard_normal((len(picks), vecs.shape[1])).astype(np.float32) / np.sqrt(vecs.shape[1])
+    q = vecs[picks].astype(np.float32) + noise
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = exact_top_k(vecs, ids, q, k)
+    row_of = {int(i): r for r, i in enumerate(ids)} if kind == "ivfpq" else {}
+
+    def exact(cand: np.ndarray) -> np.ndarray:
+        return vecs[[row_of[int(i)] for i in cand]].astype(np.float32)
+
+    inner = _inner(index)
+    if kind == "hnsw":
+        name, values = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < inner.nlist]
+        values.append(inner.nlist)
+    tried: dict[str, float] = {}
+    chosen, recall = values[-1], 0.0
+    for v in values:
+        apply_search_params(index, {name: v})
+        _, got = search_vectors(index, q, k, exact if kind == "ivfpq" else None)
+        recall = float(np.mean([len(set(g[g >= 0].tolist()) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
+        tried[str(v)] = round(recall, 4)
+        if recall >= target:
+            chosen = v
+            break
+    apply_search_params(index, {name: chosen})
+    return {name: chosen, "recall_target": target, f"recall_at_{k}": round(recall, 4), "k": k,
+            "held_out_queries": len(q), "tried": tried}
+
+
+def exact_top_k(vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top ``k`` inner products, best first, in blocks (never a full score matrix)."""
+    import numpy as np
+
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(vecs), 262_144):
+        block = np.asarray(vecs[start:start + 262_144], dtype=np.float32)
+        s = queries @ block.T
+        s_all = np.concatenate([best_s, s], axis=1)
+        i_all = np.concatenate([best_i, np.broadcast_to(ids[start:start + len(block)], s.shape)], axis=1)
+        top = np.argpartition(-s_all, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(s_all, top, axis=1)
+        best_i = np.take_along_axis(i_all, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, axis=1)
 
 
 def save_faiss(index_dir: Path, index: Any, meta: dict[str, Any]) -> None:
@@ -406,9 +595,15 @@ def load_faiss(index_dir: Path) -> tuple[Any, dict[str, Any]] | None:
     return index, meta
 
 
-def set_search_params(index: Any) -> None:
+def set_search_params(index: Any, meta: dict[str, Any] | None = None) -> None:
+    """Search parameters for a loaded index: the calibrated ones meta.json records, else the
+    defaults (HNSW efSearch >= 128)."""
     import faiss
 
+    params = (meta or {}).get("search") or {}
+    if params:
+        apply_search_params(index, params)
+        return
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = max(inner.hnsw.efSearch, 128)

@@ -27,6 +27,7 @@ from rag.index.store import (
     ChunkRow,
     IndexStore,
     build_faiss,
+    calibrate,
     choose_kind,
     load_faiss,
     save_faiss,
@@ -207,7 +208,12 @@ class _Ingestor:
         return out
 
     def embed_sha(self, spec: ChunkSpec) -> str:
-        return hashlib.sha256(f"{self.cfg.embedding.model}\x00{embed_text(spec)}".encode()).hexdigest()
+        from rag.index.embedder import vector_family
+
+        # float vectors (torch, onnx) keep the key they always had; int8 ones never stand in for them
+        family = vector_family(self.cfg.embedding.backend)
+        model = self.cfg.embedding.model if family == "float" else f"{self.cfg.embedding.model}\x00{family}"
+        return hashlib.sha256(f"{model}\x00{embed_text(spec)}".encode()).hexdigest()
 
 
 __all__ = ["FileResult", "IngestReport", "embed_text", "ingest"]
@@ -228,11 +234,15 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                     f"/{ws.config.corpus.chunk_overlap}")
     chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
 
+    from rag.index.embedder import vector_family
+
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
         try:
             reset = rebuild or store.outdated  # the old rows go, and the schema is made anew
+            family = vector_family(ws.config.embedding.backend)
             rebuild = (reset or store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
+                       or (store.get_meta("embedding_vectors") or "float") != family
                        or store.get_meta("chunking") not in (None, chunking_sig))
             if store.outdated:
                 log.warning("the index has an older format: rebuilding it from the documents")
@@ -323,12 +333,14 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                             report.chunks_removed += store.delete_document(src)
                             results.append(FileResult(src, "ok", "file no longer exists", "removed"))
                 n_total = store.count_chunks()
-                kind = choose_kind(ws.config.index.kind, n_total)
+                dim_known = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 384)
+                kind = choose_kind(ws.config.index.kind, n_total, dim_known, ws.config.index.memory_budget_mb)
                 changed = bool(todo) or report.chunks_removed > 0 or rebuild or store.get_meta("faiss_kind") != kind
                 generation = int(store.get_meta("generation") or 0) + (1 if changed else 0)
                 dim = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 0)
                 store.set_meta("generation", str(generation))
                 store.set_meta("embedding_model", ws.config.embedding.model)
+                store.set_meta("embedding_vectors", family)
                 store.set_meta("chunking", chunking_sig)
                 store.set_meta("faiss_kind", kind)
                 if dim:
@@ -382,10 +394,16 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
                 mat = np.stack([np.frombuffer(blobs[i], dtype="<f4") for i in new_ids]).astype(np.float32)
                 index.add_with_ids(mat, ids)
             meta["tombstones"] = tombstones
+            if existing[1].get("search"):
+                meta["search"] = existing[1]["search"]
             save_faiss(ws.index_dir, index, meta)
             return
     ids_all, vecs = store.all_vectors()
-    save_faiss(ws.index_dir, build_faiss(ids_all, vecs, kind, dim), meta)
+    index = build_faiss(ids_all, vecs, kind, dim, ws.config.index.memory_budget_mb)
+    search = calibrate(index, vecs, ids_all, ws.config.index.recall_target)
+    if search:
+        meta["search"] = search
+    save_faiss(ws.index_dir, index, meta)
 
 
 def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: IngestReport) -> dict[str, bytes]:

@@ -1,0 +1,144 @@
+"""Index kinds at scale: build time, query-side RSS, p50 hybrid query latency (dense + BM25 +
+the chunk rows from SQLite) and recall@10 against exact search, for flat, HNSW and IVF-PQ.
+
+    nice -n 19 .venv/bin/python benchmarks/index_scale.py [--sizes 100000,1000000]
+
+Vectors are synthetic: random unit vectors around topics (one centre per 100 chunks, as in
+benchmarks/retrieval.py's scale test), 384-d like MiniLM; the text is synthetic words in the
+real SQLite/FTS5 store. Queries are stored vectors plus noise of norm ~1 (cosine ~0.7 to
+their source, like real questions to their answers) with 8 random words. Query-side RSS is
+measured in a fresh process that only loads the FAISS file (the store is read from disk).
+Adds its sizes to benchmarks/results/index_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from retrieval import rss_mb, say  # noqa: E402
+
+from rag.config import EmbeddingConfig  # noqa: E402
+from rag.index.store import (  # noqa: E402
+    FAISS_NAME,
+    ChunkRow,
+    IndexStore,
+    build_faiss,
+    calibrate,
+    exact_top_k,
+    save_faiss,
+    vec_to_blob,
+)
+from rag.retrieve import Retriever  # noqa: E402
+
+DIM = 384
+RSS_PROBE = """
+import resource, sys, faiss
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+before = rss()
+index = faiss.read_index(sys.argv[1])
+print(before, rss())
+"""
+
+
+def query_rss_mb(faiss_path: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(faiss_path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    before, after = float(out[0]), float(out[1])
+    return {"rss_mb": round(after, 1), "index_mb": round(after - before, 1)}
+
+
+def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), queries: int = 200) -> dict[str, Any]:
+    import numpy as np
+
+    rnd = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(20000)]
+    d = work / f"scale-{n}"
+    store = IndexStore(d)
+    centres = rnd.standard_normal((max(1, n // 100), DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vecs = np.empty((n, DIM), dtype=np.float32)
+    for s in range(0, n, 100_000):  # in blocks: the noise matrix never exists whole
+        m = min(100_000, n - s)
+        v = centres[rnd.integers(0, len(centres), m)] + rnd.standard_normal((m, DIM)).astype(np.float32) / np.sqrt(DIM)
+        vecs[s:s + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    with store.transaction():
+        words = rnd.integers(0, len(vocab), size=(n, 60))
+        store.insert_chunks(
+            (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
+                      " ".join(vocab[j] for j in words[i]), 60, f"{i}"), vec_to_blob(vecs[i])) for i in range(n))
+        store.set_meta("generation", "1")
+        store.set_meta("embedding_model", "default")
+    row: dict[str, Any] = {"vectors": "synthetic clustered unit vectors (1 centre per 100), 384-d",
+                           "sqlite_insert_s": round(time.perf_counter() - t0, 1)}
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    picks = rnd.choice(n, queries, replace=False)
+    qv = vecs[picks] + rnd.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM)
+    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+    qtext = [" ".join(vocab[j] for j in rnd.integers(0, len(vocab), 8)) for _ in range(queries)]
+    truth = exact_top_k(vecs, ids, qv, 10)
+    for kind in kinds:
+        say(f"{n}: {kind}")
+        t0 = time.perf_counter()
+        index = build_faiss(ids, vecs, kind, DIM)
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        search = calibrate(index, vecs, ids, 0.95)
+        calib_s = time.perf_counter() - t0
+        store.set_meta("faiss_kind", kind)
+        save_faiss(d, index, {"generation": 1, "faiss_kind": kind, "search": search})
+        del index
+        res: dict[str, Any] = {"build_s": round(build_s, 1), "calibrate_s": round(calib_s, 1),
+                               "search": {k: v for k, v in search.items() if k != "tried"},
+                               "faiss_file_mb": round((d / FAISS_NAME).stat().st_size / 1e6, 1),
+                               "query_side": query_rss_mb(d / FAISS_NAME)}
+        with Retriever(d, EmbeddingConfig()) as r:
+            got = [[int(i) for i, _ in r._dense(q, 10)] for q in qv]
+            res["recall@10_vs_flat"] = round(float(np.mean(
+                [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
+            for mode in ("dense", "hybrid"):
+                lat = []
+                for i in range(queries):
+                    t0 = time.perf_counter()
+                    r._search_one(qtext[i], qv[i], 5, mode, False)
+                    lat.append((time.perf_counter() - t0) * 1000)
+                res[f"{mode}_p50_ms"] = round(statistics.median(lat), 2)
+        row[kind] = res
+        say(f"{n} {kind}: {json.dumps(res)}")
+    store.close()
+    row["peak_rss_mb"] = round(rss_mb(), 1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--kinds", default="flat,hnsw,ivfpq", help="HNSW's build is ~7 min per million here")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "index_scale.json")
+    args = ap.parse_args()
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    with tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-") as tmp:
+        for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+            result[str(n)] = bench(n, Path(tmp), tuple(args.kinds.split(",")))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
