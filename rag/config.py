@@ -199,8 +199,8 @@ class StudentConfig(Section):
                                      "behaviour (self-distillation replay). 0 switches it off.")
     select_epoch: Literal["closed_book", "last"] = Field(
         "closed_book", description="Which epoch's adapter to keep: 'closed_book' scores each epoch on the eval "
-                                   "split's held-out phrasings with no documents and keeps the best; 'last' keeps "
-                                   "the final one.")
+                                   "split's held-out phrasings with no documents and keeps the best (a tie goes "
+                                   "to the lower NLL of the reference answers); 'last' keeps the final one.")
     select_patience: int | None = Field(
         None, ge=1, description="With select_epoch: closed_book, stop after this many epochs without a better score "
                                 "(default: run every epoch).")

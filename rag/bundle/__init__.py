@@ -17,6 +17,7 @@ Layout inside the tar (every path relative, POSIX, regular files only)::
                                its manifest.json); absent when nothing was exported yet
     index/<files>              FAISS + SQLite (consistent snapshot via SQLite's backup API)
     embedding/<files>          the sentence-transformers folder (the laptop has no internet)
+    rerank/<files>             the cross-encoder folder of chat.rerank_model, when one is set
     domain_questions/<files>   the question sets (*.yaml)
 
 Installed layout (``install_bundle``): ``export/`` lands in ``gguf/<export name>/``, the rest

@@ -41,7 +41,7 @@ from rag.bundle.scan import (
     scan_store_for_secrets,
 )
 from rag.config import Workspace, dump_config
-from rag.errors import ConfigError, IndexStoreError, IntegrityError
+from rag.errors import ConfigError, IndexStoreError, IntegrityError, RaftsmithError
 from rag.fsutil import atomic_path, sha256_file
 from rag.progress import Progress, counter
 
@@ -194,28 +194,56 @@ def _sqlite_backup(src: Path, dst: Path) -> None:
         source.close()
 
 
-def _embedding_sources(ws: Workspace) -> list[_Source]:
-    from rag.index.embedder import resolve_model_dir
-
-    root = resolve_model_dir(ws.config.embedding, ws.root)
+def _model_folder_sources(root: Path, prefix: str) -> list[_Source]:
     sources = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if not p.is_file() or any(_is_junk(part) for part in rel.parts):
             continue
         # Tokenizer vocabularies hold words like "password"; check key shapes and live keys only.
-        sources.append(_Source(f"embedding/{rel.as_posix()}", p, scan="shapes" if is_text_member(p) else None))
+        sources.append(_Source(f"{prefix}/{rel.as_posix()}", p, scan="shapes" if is_text_member(p) else None))
+    return sources
+
+
+def _embedding_sources(ws: Workspace) -> list[_Source]:
+    from rag.index.embedder import resolve_model_dir
+
+    root = resolve_model_dir(ws.config.embedding, ws.root)
+    sources = _model_folder_sources(root, "embedding")
     if not sources:
         raise ConfigError(f"The embedding model folder {root} is empty; fix embedding.model.")
     return sources
 
 
-def _bundle_config_text(ws: Workspace, with_embedding: bool) -> tuple[str, list[str]]:
+def _rerank_sources(ws: Workspace, warnings: list[str]) -> list[_Source]:
+    """The cross-encoder folder of ``chat.rerank_model`` as ``rerank/`` members: the laptop
+    has no hub to fetch it from. Required when ``chat.rerank`` is ``cross-encoder``."""
+    from rag.rerank.cross_encoder import resolve_cross_encoder_dir
+
+    name = ws.config.chat.rerank_model
+    if not name:
+        return []
+    try:
+        root = resolve_cross_encoder_dir(name, ws.root)
+    except RaftsmithError as err:
+        if ws.config.chat.rerank == "cross-encoder":
+            raise ConfigError(f"chat.rerank is cross-encoder but its model cannot be bundled: {err}") from None
+        warnings.append(f"chat.rerank_model {name} was not found, so the bundle holds no reranker ({err})")
+        return []
+    sources = _model_folder_sources(root, "rerank")
+    if not sources:
+        raise ConfigError(f"The cross-encoder folder {root} is empty; fix chat.rerank_model.")
+    return sources
+
+
+def _bundle_config_text(ws: Workspace, with_embedding: bool, with_rerank: bool = False) -> tuple[str, list[str]]:
     """The workspace config with every path pointing at the installed layout, and what was
     rewritten because it pointed outside the workspace (see rag.bundle.paths)."""
     cfg = ws.config.model_copy(deep=True)
     if with_embedding:
         cfg.embedding.model = "embedding"
+    if with_rerank:
+        cfg.chat.rerank_model = "rerank"
     cfg.index.path = "index"
     cfg.export.out_dir = "gguf"
     cfg.chat.backend = "llama-cpp"
@@ -268,8 +296,10 @@ def create_bundle(
             warnings.append(f"No index in {ws.index_dir}: run 'raftsmith ingest' before bundling to search on the laptop.")
         if include_embedding_model:
             sources += _embedding_sources(ws)
+        rerank_sources = _rerank_sources(ws, warnings)
+        sources += rerank_sources
         cfg_file = staging / CONFIG_MEMBER
-        cfg_text, rewritten = _bundle_config_text(ws, include_embedding_model)
+        cfg_text, rewritten = _bundle_config_text(ws, include_embedding_model, bool(rerank_sources))
         warnings += rewritten
         cfg_file.write_text(cfg_text, encoding="utf-8")
         sources.append(_Source(CONFIG_MEMBER, cfg_file, scan="full"))
@@ -288,6 +318,7 @@ def create_bundle(
             "export": _export_summary(export_manifest),
             "embedding_included": include_embedding_model,
             "embedding_model": ws.config.embedding.model,
+            "rerank_included": bool(rerank_sources),
         }
         with atomic_path(out) as tmp_out:
             total = _write_tar(tmp_out, sources, body, compressed, progress)

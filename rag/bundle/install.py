@@ -167,6 +167,8 @@ def _configure(root: Path, manifest: BundleManifest) -> Path:
         # Relative to the workspace root: the installed folder keeps working when it is moved.
         cfg.embedding.model = "embedding"
         _rehome_index(root / "index", str(manifest.raw.get("embedding_model") or "default"), cfg.embedding.model)
+    if any(p.startswith("rerank/") for p in paths):
+        cfg.chat.rerank_model = "rerank"
     if any(p.startswith("domain_questions/") for p in paths):
         cfg.raft.questions = ["domain_questions"]
     check_inside(cfg, root)

@@ -16,7 +16,7 @@ BUNDLE_FORMAT = "raftsmith-bundle/1"
 MANIFEST_NAME = "manifest.json"
 CONFIG_MEMBER = "raftsmith.yaml"
 # Top-level names a bundle may hold (besides the manifest).
-TOP_LEVEL = ("export", "index", "embedding", "domain_questions", CONFIG_MEMBER)
+TOP_LEVEL = ("export", "index", "embedding", "rerank", "domain_questions", CONFIG_MEMBER)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 SAFE_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -49,6 +49,8 @@ CONFIG_PATHS: tuple[PathKey, ...] = (
     PathKey("export.out_dir", "path", _fresh("export.out_dir")),
     PathKey("chat.model", "name_or_path", _fresh("chat.model")),
     PathKey("chat.base_gguf", "name_or_path", lambda: None),
+    # bundled: "rerank"; a folder outside the workspace that was not bundled is dropped
+    PathKey("chat.rerank_model", "name_or_path", lambda: None),
     PathKey("audit.path", "path", _fresh("audit.path")),
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def build_tiny_cross_encoder(folder: Path, train_steps: int) -> Path:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        assert float(loss) < 0.1, f"the tiny cross-encoder did not learn its pairs (loss {float(loss):.3f})"
+        assert loss.item() < 0.1, f"the tiny cross-encoder did not learn its pairs (loss {loss.item():.3f})"
         model.eval()
         torch.set_num_threads(threads)
     model.save_pretrained(raw)
@@ -233,3 +234,44 @@ def test_eval_retrieval_with_the_configured_cross_encoder(tmp_path: Path, traine
     bad = make_workspace(tmp_path / "ws2", chat={"rerank": "cross-encoder", "rerank_model": str(tmp_path / "nowhere")})
     res = CliRunner().invoke(cli, ["ask", "what port?", "--model", "base", "--config", str(bad / "raftsmith.yaml")])
     assert res.exit_code == 1 and "chat.rerank_model folder" in res.output and "Traceback" not in res.output
+
+
+def test_bundle_carries_the_cross_encoder_and_the_laptop_uses_it(trained_ce: Path, tmp_path: Path) -> None:
+    """chat.rerank_model points outside the workspace (a folder the user downloaded): the
+    bundle carries it as rerank/, install points the config there, and the installed
+    workspace reranks with the same scores, offline."""
+    from rag.bundle import create_bundle, install_bundle
+
+    root = make_workspace(tmp_path / "home", chat={"rerank": "cross-encoder", "rerank_model": str(trained_ce)})
+    ws = load_workspace(root / "raftsmith.yaml")
+    report = create_bundle(ws, tmp_path / "b.tar")
+    laptop = tmp_path / "laptop"
+    install_bundle(tmp_path / "b.tar", laptop)
+    installed = load_workspace(laptop / "raftsmith.yaml")
+    assert installed.config.chat.rerank_model == "rerank" and (laptop / "rerank" / "config.json").is_file()
+    assert not any("rerank" in w for w in report.warnings), report.warnings
+    cands = [_chunk(t, i) for i, t in enumerate(["cake flour sugar oven", "port tcp socket listen"])]
+    here, there = make_reranker(ws), make_reranker(installed)
+    assert here is not None and there is not None
+    assert there.score("tcp network", cands) == pytest.approx(here.score("tcp network", cands), abs=1e-6)
+    assert str(trained_ce) not in (laptop / "raftsmith.yaml").read_text()
+
+
+def test_bundle_without_the_configured_cross_encoder_names_the_fix(tmp_path: Path) -> None:
+    from rag.bundle import create_bundle
+
+    root = make_workspace(tmp_path / "home", chat={"rerank": "cross-encoder", "rerank_model": str(tmp_path / "gone")})
+    with pytest.raises(ConfigError, match="cannot be bundled.*chat.rerank_model"):
+        create_bundle(load_workspace(root / "raftsmith.yaml"), tmp_path / "b.tar")
+    assert not (tmp_path / "b.tar").exists()
+    # rerank off: a stale rerank_model is left out with a warning, and the bundle is made
+    cfg_path = root / "raftsmith.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    data["chat"]["rerank"] = "off"
+    cfg_path.write_text(yaml.safe_dump(data))
+    report = create_bundle(load_workspace(root / "raftsmith.yaml"), tmp_path / "b.tar")
+    assert any("holds no reranker" in w for w in report.warnings)
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        assert not any(n.startswith("rerank/") for n in tar.getnames())
+        cfg = yaml.safe_load(tar.extractfile("raftsmith.yaml").read())  # type: ignore[union-attr]
+    assert cfg["chat"].get("rerank_model") is None
