@@ -17,7 +17,8 @@ the demo's 20 held-out paraphrases that was the later epoch, 7 right against 5.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,24 +30,41 @@ from rag.prompting import ANSWER_MARK, build_messages, extract_answer
 log = logging.getLogger(__name__)
 
 
+def _closed_book_prompts(fmt: ChatFormat, tokenizer: Any, questions: Sequence[str]) -> list[str]:
+    """Each question rendered under the closed-book prompt ``ask --no-rag`` sends, ready for
+    the assistant's reply."""
+    render = datamod.make_renderer(fmt, tokenizer)
+    return [render(datamod.prepare_messages(build_messages(q, None), fmt), True) for q in questions]
+
+
+@contextmanager
+def _inference(model: Any) -> Iterator[None]:
+    """Eval mode without gradients; the training mode the model had is put back after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def closed_book_replies(model: Any, tokenizer: Any, fmt: ChatFormat, questions: Sequence[str], *,
                         max_new_tokens: int, batch_size: int) -> list[tuple[str, bool]]:
     """Greedy replies to ``questions`` under the closed-book prompt ``ask --no-rag`` sends, as
     (text, cut by the token limit); batches are left-padded so each continues its own prompt."""
-    import torch
-
-    render = datamod.make_renderer(fmt, tokenizer)
+    prompts = _closed_book_prompts(fmt, tokenizer, questions)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[tuple[str, bool]] = []
-    side, was_training = tokenizer.padding_side, model.training
+    side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    model.eval()
     try:
-        with torch.no_grad():
-            for i in range(0, len(questions), batch_size):
-                part = questions[i:i + batch_size]
-                texts = [render(datamod.prepare_messages(build_messages(q, None), fmt), True) for q in part]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with _inference(model):
+            for i in range(0, len(prompts), batch_size):
+                enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = {k: v.to(model.device) for k, v in enc.items()}
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
                 for seq in gen[:, enc["input_ids"].shape[1]:]:
@@ -54,8 +72,6 @@ def closed_book_replies(model: Any, tokenizer: Any, fmt: ChatFormat, questions: 
                     out.append((tokenizer.decode(ids, skip_special_tokens=True), tokenizer.eos_token_id not in ids))
     finally:
         tokenizer.padding_side = side
-        if was_training:
-            model.train()
     return out
 
 
@@ -65,26 +81,17 @@ def answer_nll(model: Any, tokenizer: Any, fmt: ChatFormat, questions: Sequence[
     closed-book prompt of each question (lower: the model is closer to the right answers)."""
     import torch
 
-    render = datamod.make_renderer(fmt, tokenizer)
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for q, a in zip(questions, answers, strict=True):
-                prompt = render(datamod.prepare_messages(build_messages(q, None), fmt), True)
-                p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                a_ids = tokenizer(f"{ANSWER_MARK} {a}", add_special_tokens=False)["input_ids"]
-                if not a_ids:
-                    continue
-                ids = torch.tensor([p_ids + a_ids], device=model.device)
-                logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
-                target = ids[0, len(p_ids):]
-                total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-                count += len(a_ids)
-    finally:
-        if was_training:
-            model.train()
+    with _inference(model):
+        for prompt, a in zip(_closed_book_prompts(fmt, tokenizer, questions), answers, strict=True):
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a_ids = tokenizer(f"{ANSWER_MARK} {a}", add_special_tokens=False)["input_ids"]
+            if not a_ids:
+                continue
+            ids = torch.tensor([p_ids + a_ids], device=model.device)
+            logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[0, len(p_ids):], reduction="sum"))
+            count += len(a_ids)
     return total / count if count else 0.0
 
 
@@ -118,8 +125,10 @@ class EpochScore:
 
     def beats(self, other: EpochScore | None) -> bool:
         """More phrasings right wins; on a tie, the lower answer NLL (when both have one)."""
-        if other is None or self.closed_book != other.closed_book:
-            return other is None or self.closed_book > other.closed_book
+        if other is None:
+            return True
+        if self.closed_book != other.closed_book:
+            return self.closed_book > other.closed_book
         if self.answer_nll is None or other.answer_nll is None:
             return False
         return self.answer_nll < other.answer_nll

@@ -236,7 +236,7 @@ def _rerank_sources(ws: Workspace, warnings: list[str]) -> list[_Source]:
     return sources
 
 
-def _bundle_config_text(ws: Workspace, with_embedding: bool, with_rerank: bool = False) -> tuple[str, list[str]]:
+def _bundle_config_text(ws: Workspace, with_embedding: bool, with_rerank: bool) -> tuple[str, list[str]]:
     """The workspace config with every path pointing at the installed layout, and what was
     rewritten because it pointed outside the workspace (see rag.bundle.paths)."""
     cfg = ws.config.model_copy(deep=True)
