@@ -32,13 +32,13 @@ from retrieval import rss_mb, say  # noqa: E402
 from rag.config import EmbeddingConfig  # noqa: E402
 from rag.index.store import (  # noqa: E402
     FAISS_NAME,
+    NEW_VECTOR_DTYPE,
     ChunkRow,
     IndexStore,
     build_faiss,
     calibrate,
     exact_top_k,
     save_faiss,
-    vec_to_blob,
 )
 from rag.retrieve import Retriever  # noqa: E402
 
@@ -62,13 +62,16 @@ def query_rss_mb(faiss_path: Path) -> dict[str, float]:
     return {"rss_mb": round(after, 1), "index_mb": round(after - before, 1)}
 
 
-def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), queries: int = 200) -> dict[str, Any]:
+def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), queries: int = 200,
+          vector_dtype: str = NEW_VECTOR_DTYPE) -> dict[str, Any]:
     import numpy as np
 
     rnd = np.random.default_rng(0)
     vocab = [f"w{i}" for i in range(20000)]
-    d = work / f"scale-{n}"
+    d = work / f"scale-{n}-{vector_dtype}"
     store = IndexStore(d)
+    store.set_meta("vector_dtype", vector_dtype)  # float32: an index as raftsmith wrote it before float16
+    store.vector_dtype = vector_dtype
     centres = rnd.standard_normal((max(1, n // 100), DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     vecs = np.empty((n, DIM), dtype=np.float32)
@@ -81,11 +84,14 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
         words = rnd.integers(0, len(vocab), size=(n, 60))
         store.insert_chunks(
             (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
-                      " ".join(vocab[j] for j in words[i]), 60, f"{i}"), vec_to_blob(vecs[i])) for i in range(n))
+                      " ".join(vocab[j] for j in words[i]), 60, f"{i}"), vecs[i]) for i in range(n))
         store.set_meta("generation", "1")
         store.set_meta("embedding_model", "default")
     row: dict[str, Any] = {"vectors": "synthetic clustered unit vectors (1 centre per 100), 384-d",
-                           "sqlite_insert_s": round(time.perf_counter() - t0, 1)}
+                           "vector_dtype": vector_dtype, "sqlite_insert_s": round(time.perf_counter() - t0, 1),
+                           "store_mb": round((d / "store.sqlite").stat().st_size / 1e6, 1)}
+    # FAISS is built from the store's vectors, as ingest builds it; truth is exact float32 search
+    _ids, from_store = store.all_vectors()
     ids = np.arange(1, n + 1, dtype=np.int64)
     picks = rnd.choice(n, queries, replace=False)
     qv = vecs[picks] + rnd.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM)
@@ -95,10 +101,10 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
     for kind in kinds:
         say(f"{n}: {kind}")
         t0 = time.perf_counter()
-        index = build_faiss(ids, vecs, kind, DIM)
+        index = build_faiss(ids, from_store, kind, DIM)
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        search = calibrate(index, vecs, ids, 0.95)
+        search = calibrate(index, from_store, ids, 0.95)
         calib_s = time.perf_counter() - t0
         store.set_meta("faiss_kind", kind)
         save_faiss(d, index, {"generation": 1, "faiss_kind": kind, "search": search})
@@ -129,12 +135,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--kinds", default="flat,hnsw,ivfpq", help="HNSW's build is ~7 min per million here")
+    ap.add_argument("--vector-dtypes", default=NEW_VECTOR_DTYPE,
+                    help="the store's vector dtype; 'float32,float16' runs both side by side (key vector_dtype_N)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "index_scale.json")
     args = ap.parse_args()
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    dtypes = [t for t in args.vector_dtypes.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-") as tmp:
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            result[str(n)] = bench(n, Path(tmp), tuple(args.kinds.split(",")))
+            rows = {t: bench(n, Path(tmp), tuple(args.kinds.split(",")), vector_dtype=t) for t in dtypes}
+            if len(rows) == 1:
+                result[str(n)] = rows[dtypes[0]]
+                continue
+            a, b = rows[dtypes[0]], rows[dtypes[-1]]
+            rows["ratios"] = {"store_mb": round(b["store_mb"] / a["store_mb"], 3), **{
+                f"{kind} {m}": round(b[kind][m] / a[kind][m], 3) if a[kind][m] else None
+                for kind in args.kinds.split(",") for m in ("hybrid_p50_ms", "recall@10_vs_flat")}}
+            rows["ratios_are"] = f"{dtypes[-1]} / {dtypes[0]}, measured in this run"
+            result[f"vector_dtype_{n}"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")

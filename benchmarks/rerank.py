@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from retrieval import question_of, render, say  # noqa: E402
+from apibench import question_of, render, say  # noqa: E402
 
 from rag.config import Workspace, init_workspace, load_workspace  # noqa: E402
 from rag.evaluate.metrics import contains_words, normalize  # noqa: E402

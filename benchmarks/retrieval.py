@@ -50,39 +50,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from apibench import question_of, render, say  # noqa: E402
 
 from rag.config import init_workspace  # noqa: E402
-from rag.index.store import ChunkRow, IndexStore, build_faiss, choose_kind, save_faiss, vec_to_blob  # noqa: E402
+from rag.index.store import ChunkRow, IndexStore, build_faiss, choose_kind, save_faiss  # noqa: E402
 from rag.ingest.pipeline import ingest  # noqa: E402
 from rag.retrieve import Retriever  # noqa: E402
-
-
-def render(rec: dict[str, Any]) -> str:
-    perf = rec.get("performance") or {}
-    if isinstance(perf, dict):
-        acc = perf.get("accuracy")
-        perf_line = f"Trained on {perf.get('dataset', 'n/a')}; accuracy {json.dumps(acc) if not isinstance(acc, str) else acc}."
-    else:
-        perf_line = f"Performance: {perf}"
-    code = rec.get("example_code") or ""
-    if isinstance(code, list):
-        code = "\n".join(code)
-    return (
-        f"# {rec['api_name']}: {rec.get('functionality', '')}\n\n"
-        f"Domain: {rec.get('domain', '')}. Framework: {rec.get('framework', '')}.\n\n"
-        f"{rec.get('description', '')}\n\n"
-        f"API call: `{rec['api_call']}`\n\n{perf_line}\n\n"
-        f"## Example\n\n```python\n{code}\n```\n"
-    )
-
-
-def question_of(code: str) -> str:
-    m = re.search(r"###Instruction:\s*(.*?)\s*(?:###Output|$)", code, re.S)
-    return (m.group(1) if m else code).strip()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def rss_mb() -> float:
@@ -347,7 +322,7 @@ def scale_bench(sizes: list[int], work: Path, dim: int = 384, queries: int = 100
             store.insert_chunks(
                 (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
                           " ".join(vocab[j] for j in words[i]), 60, f"{i}",
-                          "" if i % 20 == 0 else " ".join(vocab[j] for j in leads[i // 20])), vec_to_blob(vecs[i]))
+                          "" if i % 20 == 0 else " ".join(vocab[j] for j in leads[i // 20])), vecs[i])
                 for i in range(n))
             store.set_meta("generation", "1")
             store.set_meta("embedding_model", "default")

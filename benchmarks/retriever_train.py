@@ -31,21 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from retrieval import question_of, render, say  # noqa: E402
+from apibench import question_of, read_lines, render, say, train_question  # noqa: E402
 
 from rag.config import Workspace, init_workspace, load_workspace  # noqa: E402
 
 MODES = ("dense", "bm25", "hybrid")
-
-
-def train_question(code: str) -> str:
-    """torchhub_train.json writes ``{'Instruction': <question>, 'Output': ...}``."""
-    m = re.search(r"'Instruction':\s*(.*?),\s*'Output'", code, re.S)
-    return (m.group(1) if m else code).strip().strip("\"'").strip()
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
 def prepare(data: Path, root: Path) -> tuple[Workspace, dict[str, str], dict[str, Any]]:
@@ -53,7 +43,7 @@ def prepare(data: Path, root: Path) -> tuple[Workspace, dict[str, str], dict[str
     from builder.generate.engine import run_generate
     from rag.ingest.pipeline import ingest
 
-    recs = _lines(data / "torchhub_api.jsonl")
+    recs = read_lines(data / "torchhub_api.jsonl")
     doc_of_call: dict[str, str] = {}
     names: list[str] = []
     for i, rec in enumerate(recs):
@@ -68,7 +58,7 @@ def prepare(data: Path, root: Path) -> tuple[Workspace, dict[str, str], dict[str
     for rec, name in zip(recs, names, strict=True):
         (ws.root / "docs" / name).write_text(render(rec), encoding="utf-8")
     by_call: dict[str, list[str]] = {}
-    for row in _lines(data / "torchhub_train.json"):
+    for row in read_lines(data / "torchhub_train.json"):
         q = train_question(row["code"])
         if q and q not in by_call.setdefault(row["api_call"], []):
             by_call[row["api_call"]].append(q)
@@ -132,7 +122,7 @@ def main() -> None:
 
         ingest(load_workspace(ws.config_path))
         ws = load_workspace(ws.config_path)
-    evals = _lines(args.data / "torchhub_eval.json")
+    evals = read_lines(args.data / "torchhub_eval.json")
     questions = [question_of(e["code"]) for e in evals]
     gold = [doc_of_call[e["api_call"]] for e in evals]
     say(f"{len(questions)} eval questions; base embedder recall")

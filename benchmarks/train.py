@@ -59,6 +59,8 @@ def child(args: argparse.Namespace) -> None:
         ws = init_workspace(Path(tmp) / "ws", corpus_name="bench")
         ws.config.student.family = args.family
         ws.config.student.batch_size = args.batch_size
+        ws.config.student.base = args.base
+        ws.config.student.quantization = args.quantization
         train = ws.training_dir / "bench.train.jsonl"
         if args.data:
             lines = [ln for ln in Path(args.data).read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -82,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
         except ImportError:
             torch = None  # type: ignore[assignment]
         t0 = time.time()
-        res = run_train(ws, epochs=args.epochs, backend=args.backend, train_file=train)
+        res = run_train(ws, epochs=args.epochs, backend=args.backend, train_file=train, eval_file=args.eval_data)
         wall = time.time() - t0
         if torch is not None and torch.cuda.is_available():
             peak_vram = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -98,6 +100,8 @@ def child(args: argparse.Namespace) -> None:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_vram_mb": peak_vram, "final_loss": res.final_loss,
             "frozen_layer_cache": report.get("frozen_layer_cache"),
+            "quantization": json.loads((res.run_dir / "run.json").read_text()).get("quantization"),
+            "knowledge": res.knowledge,
         }))
 
 
@@ -130,6 +134,9 @@ def main() -> None:
                     help="torch CPU threads (RAFTSMITH_THREADS), comma list to compare, e.g. 1,2; 0 = torch default")
     ap.add_argument("--backend", default=None, help="one backend only (hf|unsloth); default: all available")
     ap.add_argument("--data", default=None, help="JSONL training rows to use (default: synthetic closed-book rows)")
+    ap.add_argument("--eval-data", default=None, help="JSONL eval rows (closed-book epoch selection scores them)")
+    ap.add_argument("--base", default=None, help="a local HF model folder instead of the family's base")
+    ap.add_argument("--quantization", default="auto", help="student.quantization on CUDA: auto, nf4 or none")
     ap.add_argument("--variants", default="gathered", help="comma list: gathered, stock, topN (see above)")
     ap.add_argument("--variant", default="gathered", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -147,7 +154,10 @@ def main() -> None:
             for variant in args.variants.split(","):
                 cmd = [sys.executable, __file__, "--child", "--family", args.family, "--rows", str(args.rows),
                        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--backend", backend,
-                       "--variant", variant] + (["--data", str(Path(args.data).resolve())] if args.data else [])
+                       "--variant", variant, "--quantization", args.quantization]
+                cmd += ["--data", str(Path(args.data).resolve())] if args.data else []
+                cmd += ["--eval-data", str(Path(args.eval_data).resolve())] if args.eval_data else []
+                cmd += ["--base", str(Path(args.base).resolve())] if args.base else []
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     runs.append({"backend": backend, "threads": threads, "variant": variant,

@@ -74,9 +74,14 @@ class EmbeddingConfig(Section):
     model: str = Field("default", description="'default' = packaged all-MiniLM-L6-v2; or a local folder or hub id.")
     batch_size: int = Field(32, ge=1)
     device: str = Field("cpu", description="'cpu', 'cuda', 'mps' or 'auto'.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="'auto' = bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; ~1.4x "
-        "faster here, cosine to fp32 >= 0.9999), else fp32; 'fp32' always full precision. Torch backend only.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' = bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; ~1.4x faster "
+        "here, cosine to fp32 >= 0.9999), else fp32 (GPUs included). 'fp32' always full precision; 'fp16' "
+        "(CUDA only) loads the weights in half precision; 'bf16' (CPU only) forces the autocast. Torch backend only.")
+    batch_tokens: int = Field(
+        0, ge=0, description="> 0: cut encoding batches by padded tokens (rows x the longest row, texts sorted "
+        "by length) instead of batch_size rows: wide batches of short texts, narrow ones of long texts. "
+        "0 = batch_size rows per batch. Torch backend only.")
     backend: EmbeddingBackend = Field(
         "torch", description="'torch' = sentence-transformers on PyTorch (CPU, CUDA, MPS); 'onnx' = the same model "
         "exported once to ONNX and run by onnxruntime on the CPU (vectors equal to torch's, cosine >= 0.9999); "
@@ -193,6 +198,10 @@ class StudentConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision. auto: bf16 on CUDA where supported (else fp16), bf16 autocast on "
                             "a CPU with native bf16 (AVX512-BF16/AMX), else fp32.")
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="Base weights while training on CUDA (the hf backend): 'nf4' = bitsandbytes 4-bit "
+        "QLoRA (least GPU memory); 'none' = LoRA over bf16/fp16 weights (faster where the model fits); 'auto' "
+        "= nf4 when bitsandbytes imports, else none with a warning. On a CPU the weights are fp32 either way.")
     replay: int = Field(
         64, ge=0, le=64, description="General prompts the base model answers itself before training; its answers "
                                      "are trained on beside the domain rows so the model keeps its general "

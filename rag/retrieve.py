@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from rag.errors import ConfigError, IndexStoreError
 from rag.index.fusion import RRF_K, aggregate_groups, limit_per_group, rrf_fuse, score_fuse
 from rag.index.store import (
+    CHUNK_COLS,
     IndexStore,
-    blob_to_vec,
     build_faiss,
     load_faiss,
     search_vectors,
@@ -54,7 +54,7 @@ class Retriever:
     fusion_depth = 50
 
     def __init__(self, index_dir: Path, embedding: EmbeddingConfig, root: Path | None = None,
-                 chat: ChatConfig | None = None):
+                 chat: ChatConfig | None = None, check_model: bool = True):
         self.index_dir = Path(index_dir)
         #: hybrid fusion ('rrf' | 'scores'), the dense ranker's weight, and document aggregation
         self.fusion = chat.fusion if chat else "rrf"
@@ -69,7 +69,7 @@ class Retriever:
         self._lock = threading.RLock()  # one SQLite connection, shared by server threads
         stored_model = self.store.get_meta("embedding_model")
         wanted = embedding.model or "default"
-        if stored_model is not None and stored_model != wanted:
+        if check_model and stored_model is not None and stored_model != wanted:
             raise ConfigError(
                 f"The index at {self.index_dir} was built with embedding.model '{stored_model}' but the config "
                 f"says '{wanted}'. Set embedding.model back, or run 'raftsmith ingest' to rebuild the index."
@@ -233,20 +233,73 @@ class Retriever:
         (a tombstone) gets a zero vector, so it ranks last and is dropped with the rows."""
         import numpy as np
 
-        blobs = self.store.vectors_for_ids([int(i) for i in ids])
+        vecs = self._vectors_for_ids([int(i) for i in ids])
         dim = self._faiss.d
-        return np.stack([blob_to_vec(blobs[int(i)]) if int(i) in blobs else np.zeros(dim, dtype=np.float32)
-                         for i in ids]).astype(np.float32)
+        return np.stack([vecs.get(int(i), np.zeros(dim, dtype=np.float32)) for i in ids]).astype(np.float32)
+
+    def _vectors_for_ids(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """Row id -> the chunk's vector as the dense index holds it (ids not stored are left out)."""
+        return self.store.vectors_for_ids(ids)
 
     def _attach_dense_scores(self, chunks: list[Chunk], qvec: np.ndarray, known: dict[int, float]) -> None:
         missing = [c.meta["_id"] for c in chunks if c.meta["_id"] not in known]
         if missing:
-            for i, blob in self.store.vectors_for_ids(missing).items():
-                known[i] = float(blob_to_vec(blob) @ qvec)
+            for i, vec in self._vectors_for_ids(missing).items():
+                known[i] = float(vec @ qvec)
         for c in chunks:
             s = known.get(c.meta["_id"])
             if s is not None:
                 c.meta["dense_score"] = round(s, 6)
+
+
+class ReembeddedRetriever(Retriever):
+    """One index (its chunks and BM25 as they are) searched with another embedding model: every
+    chunk is embedded again, in memory, as ingest embeds it, into an exact (flat) index. For
+    comparing embedders side by side (``raftsmith eval --retrieval``); nothing is written."""
+
+    def __init__(self, index_dir: Path, embedding: EmbeddingConfig, root: Path | None = None,
+                 chat: ChatConfig | None = None):
+        super().__init__(index_dir, embedding, root, chat, check_model=False)
+        import numpy as np
+
+        with self._lock:
+            rows = list(self.store.con.execute(f"SELECT {CHUNK_COLS} FROM chunks ORDER BY id"))
+        contexts = stored_contexts(self)
+        ids = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
+        texts = [chunk_embed_text(_row_to_chunk(r), contexts.get(str(r[1]), "")) for r in rows]
+        vecs = self.embed(texts) if texts else np.zeros((0, self.embedder.dim), dtype=np.float32)
+        self._vecs = {int(i): v for i, v in zip(ids, vecs, strict=True)}
+        self._faiss = build_faiss(ids, vecs, "flat", self.embedder.dim)
+
+    def _index(self) -> Any:
+        return self._faiss
+
+    def _vectors_for_ids(self, ids: list[int]) -> dict[int, np.ndarray]:
+        return {i: self._vecs[i] for i in ids if i in self._vecs}
+
+
+def stored_contexts(retriever: Retriever) -> dict[str, str]:
+    """chunk_id -> the document context the index embedded with it (index format 2; none before)."""
+    import sqlite3
+
+    with retriever._lock:
+        try:
+            rows = retriever.store.con.execute("SELECT chunk_id, context FROM chunks").fetchall()
+        except sqlite3.OperationalError:  # an index without the context column embeds none
+            return {}
+    return {str(cid): str(ctx or "") for cid, ctx in rows}
+
+
+def chunk_embed_text(c: Chunk, context: str = "") -> str:
+    """A stored chunk's text as the ingest pipeline embeds it (same function, same input:
+    heading, text and the document context the index stored beside the chunk)."""
+    from rag.ingest.chunker import ChunkSpec
+    from rag.ingest.context import embed_text
+
+    spec = ChunkSpec(chunk_id=c.chunk_id, heading=c.heading, text=c.text, start_char=0, end_char=len(c.text),
+                     byte_start=0, byte_end=0, start_line=c.start_line, end_line=c.end_line, n_tokens=0,
+                     page=c.meta.get("page"), context=context)
+    return embed_text(spec)
 
 
 def open_retriever(ws: Workspace) -> Retriever:

@@ -22,8 +22,7 @@ from builder.generate.plan import holdout_questions
 from builder.generate.questions import load_questions, phrasing_key
 from rag.config import Workspace
 from rag.errors import ConfigError, TrainingError
-from rag.ingest.chunker import ChunkSpec
-from rag.ingest.pipeline import embed_text
+from rag.retrieve import chunk_embed_text, stored_contexts
 from rag.types import Chunk
 
 __all__ = ["Pair", "PairSet", "Query", "chunk_embed_text", "held_out_phrasings", "load_pairs", "stored_contexts"]
@@ -60,27 +59,6 @@ class PairSet:
     def skip(self, reason: str, n: int = 1) -> None:
         if n:
             self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-
-def chunk_embed_text(c: Chunk, context: str = "") -> str:
-    """A stored chunk's text as the ingest pipeline embeds it (same function, same input:
-    heading, text and the document context the index stored beside the chunk)."""
-    spec = ChunkSpec(chunk_id=c.chunk_id, heading=c.heading, text=c.text, start_char=0, end_char=len(c.text),
-                     byte_start=0, byte_end=0, start_line=c.start_line, end_line=c.end_line, n_tokens=0,
-                     page=c.meta.get("page"), context=context)
-    return embed_text(spec)
-
-
-def stored_contexts(retriever: Any) -> dict[str, str]:
-    """chunk_id -> the document context the index embedded with it (index format 2; none before)."""
-    import sqlite3
-
-    with retriever._lock:
-        try:
-            rows = retriever.store.con.execute("SELECT chunk_id, context FROM chunks").fetchall()
-        except sqlite3.OperationalError:  # an index without the context column embeds none
-            return {}
-    return {str(cid): str(ctx or "") for cid, ctx in rows}
 
 
 def held_out_phrasings(ws: Workspace) -> set[str]:

@@ -15,11 +15,12 @@ from typing import Any
 from rag.config import Workspace
 from rag.exports import list_exports
 from rag.fsutil import atomic_write
+from rag.index.embedder import TUNED_REPORT_NAME
 
 __all__ = ["MODEL_REPORT_NAME", "REPORT_NAME", "manifest_entry", "write_reports"]
 
 REPORT_NAME = "retriever.json"
-MODEL_REPORT_NAME = "raftsmith_retriever.json"
+MODEL_REPORT_NAME = TUNED_REPORT_NAME
 _MANIFEST_KEYS = ("model", "base_model", "pairs", "eval_questions", "base", "tuned", "hyperparameters",
                   "train_seconds", "device", "created_at")
 

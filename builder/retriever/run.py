@@ -14,7 +14,6 @@ model that finds fewer eval questions than the base is not switched to unless fo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -76,14 +75,9 @@ class RetrieverTrainResult:
 def _start_model(ws: Workspace) -> str:
     """Retraining starts again from the model a tuned embedder was made from, not from the tuned
     one (a second pass over the same pairs would only overfit them)."""
-    from rag.index.embedder import resolve_model_dir
+    from rag.index.embedder import tuned_from
 
-    current = ws.config.embedding.model
-    try:
-        meta = json.loads((resolve_model_dir(ws.config.embedding, ws.root) / MODEL_REPORT_NAME).read_text())
-        return str(meta.get("base_model") or current)
-    except (OSError, ValueError):
-        return current
+    return tuned_from(ws.config.embedding, ws.root) or ws.config.embedding.model
 
 
 def _settings(ws: Workspace, overrides: dict[str, Any]) -> RetrieverTrainConfig:

@@ -4,10 +4,12 @@ Both produce a PEFT LoRA model and train it with the same transformers ``Trainer
 our own pre-masked examples (labels -100 outside assistant turns; see builder.train.data), so
 the loss, checkpoints, resume and eval behave identically. The difference is loading:
 
-- ``hf``: on CUDA, bitsandbytes 4-bit NF4 (QLoRA); on CPU, the model in fp32 with plain LoRA.
+- ``hf``: on CUDA, bitsandbytes 4-bit NF4 (QLoRA), or bf16/fp16 weights with
+  ``student.quantization: none``; on CPU, the model in fp32 with plain LoRA.
 - ``unsloth``: ``FastLanguageModel`` 4-bit QLoRA with its fused kernels (CUDA only).
 
-``select_backend("auto")`` picks unsloth when CUDA is present and unsloth imports, else hf.
+``select_backend("auto")`` picks unsloth when CUDA is present and unsloth imports (and 4-bit is
+not turned off), else hf.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ log = logging.getLogger(__name__)
 
 OOM_HELP = (
     "Training ran out of memory. Lower student.batch_size (raise student.grad_accum to keep "
-    "the effective batch), lower student.max_seq_len, or lower student.lora.r; or pick a "
-    "smaller student.family."
+    "the effective batch), lower student.max_seq_len, or lower student.lora.r; on CUDA, "
+    "student.quantization: nf4 (4-bit QLoRA) takes the least memory; or pick a smaller student.family."
 )
 
 
@@ -158,8 +160,47 @@ def _ensure_pad(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def bitsandbytes_importable() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken CUDA install raises more than ImportError
+        return False
+    return True
+
+
+def cuda_quantization(requested: str) -> str:
+    """'nf4' or 'none' for training on CUDA: student.quantization, with 'auto' resolved."""
+    if requested == "nf4" and not bitsandbytes_importable():
+        raise TrainingError("student.quantization is 'nf4' but bitsandbytes does not import; install it with "
+                            "pip install 'raftsmith[gpu]' (or bitsandbytes), or set student.quantization: none.")
+    if requested == "auto":
+        if bitsandbytes_importable():
+            return "nf4"
+        log.warning("bitsandbytes is not installed: training LoRA over bf16/fp16 weights (more GPU memory than "
+                    "4-bit QLoRA). Install raftsmith[gpu] for QLoRA, or set student.quantization: none to say so.")
+        return "none"
+    return requested
+
+
 class HFBackend(Backend):
     name = "hf"
+
+    def __init__(self, quantization: str = "auto") -> None:
+        self.quantization = quantization  # student.quantization (CUDA only)
+        self.quantized = False  # set by load(): the base was loaded in 4-bit
+        self._resolved: str | None = None
+
+    def cuda_quantization(self) -> str:
+        if self._resolved is None:
+            self._resolved = cuda_quantization(self.quantization)
+        return self._resolved
+
+    def preflight(self, family: Family, batch_size: int, max_seq_len: int) -> dict[str, float] | None:
+        if cuda_available() and self.cuda_quantization() == "none":
+            # the registry's estimates are for 4-bit QLoRA; an out-of-memory error names the fixes
+            log.info("student.quantization is none: no VRAM preflight (the estimates are for 4-bit QLoRA)")
+            return None
+        return super().preflight(family, batch_size, max_seq_len)
 
     def load(self, base_path: str, family: Family, lora: LoraSpec, max_seq_len: int, seed: int) -> tuple[Any, Any]:
         import torch
@@ -170,14 +211,21 @@ class HFBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         _ensure_pad(tokenizer)
         if cuda_available():
-            from peft import prepare_model_for_kbit_training
-            from transformers import BitsAndBytesConfig
-
             compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
-            model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, device_map={"": 0})
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            self.quantized = self.cuda_quantization() == "nf4"
+            if self.quantized:
+                from peft import prepare_model_for_kbit_training
+                from transformers import BitsAndBytesConfig
+
+                quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+                model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, device_map={"": 0})
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(base_path, dtype=compute, device_map={"": 0})
+                # as QLoRA does (prepare_model_for_kbit_training): activations recomputed, not kept
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.enable_input_require_grads()
         else:
             # CPU: fp32 weights; half precision on CPU is slow and numerically fragile for LoRA.
             _cpu_threads()
@@ -216,16 +264,18 @@ class UnslothBackend(Backend):
         return model, tokenizer
 
 
-BACKENDS: dict[str, type[Backend]] = {"hf": HFBackend, "unsloth": UnslothBackend}
-
-
-def select_backend(requested: str = "auto") -> Backend:
+def select_backend(requested: str = "auto", quantization: str = "auto") -> Backend:
     if requested == "auto":
-        return UnslothBackend() if cuda_available() and unsloth_importable() else HFBackend()
-    try:
-        return BACKENDS[requested]()
-    except KeyError:
-        raise TrainingError(f"Unknown backend '{requested}'; use auto, hf or unsloth.") from None
+        if cuda_available() and unsloth_importable() and quantization != "none":
+            return UnslothBackend()
+        return HFBackend(quantization)
+    if requested == "hf":
+        return HFBackend(quantization)
+    if requested == "unsloth":
+        if quantization == "none":
+            raise TrainingError("The unsloth backend trains 4-bit QLoRA; use --backend hf with student.quantization: none.")
+        return UnslothBackend()
+    raise TrainingError(f"Unknown backend '{requested}'; use auto, hf or unsloth.")
 
 
 def is_oom(err: BaseException) -> bool:

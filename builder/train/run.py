@@ -175,7 +175,7 @@ def run_train(
     fam = get_family(family or st.family)
     fmt = chat_format(fam)
     hp = prev["hyperparameters"] if prev else hyperparameters(ws, fam, epochs)
-    be: Backend = select_backend(backend or st.backend)
+    be: Backend = select_backend(backend or st.backend, st.quantization)
     base_req = base if base is not None else st.base
     train_ds = datamod.load_rows(Path(train_file) if train_file else _default_data(ws, "train"))
     eval_path = Path(eval_file) if eval_file else _default_data(ws, "eval")
@@ -269,6 +269,7 @@ def run_train(
                  "knowledge": knowledge,
                  "eval_loss": eval_loss, "adapter": "adapter", "report": "report.json",
                  "used_rows": len(enc_train.input_ids), "dropped_too_long": enc_train.dropped_too_long})
+    meta["quantization"] = ("nf4" if getattr(be, "quantized", be.name == "unsloth") else "none") if _cuda() else None
     write_json_atomic(run_dir / RUN_FILE, meta)
     return TrainResult(
         run_dir=run_dir, adapter_dir=adapter_dir, family=fam.name, backend=be.name,

@@ -15,23 +15,30 @@ from rag.cli.common import (
 )
 from rag.cli.progress import progress_bar
 from rag.config import RERANK_NAMES, load_workspace
+from rag.errors import ConfigError
 
 
 def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k: int | None, as_json: bool,
-                      rerankers: list[str] | None = None) -> None:
+                      rerankers: list[str] | None = None, compare: list[str] | None = None) -> None:
     from rag.evaluate import load_items, retrieval_recall
 
-    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k, rerankers=rerankers)
+    rep = retrieval_recall(ws, load_items(ws, questions, limit), k=k, rerankers=rerankers, compare=compare)
     if as_json:
         print_json(rep)
         return
     chat = ws.config.chat
     click.echo(f"Retrieval recall@{rep['k']} over {rep['questions']} answerable questions (chat.mode is "
-               f"{chat.mode}, chat.rerank is {chat.rerank}):")
+               f"{chat.mode}, chat.rerank is {chat.rerank}, embedding.model is {ws.config.embedding.model}):")
     width = max(7, *(len(m) for m in rep["recall"]))
     for mode, value in rep["recall"].items():
         click.echo(f"  {mode:<{width}} {value:.2f}  (MRR {rep['mrr'][mode]:.2f}, p50 {rep['p50_ms'][mode]:.1f} ms)"
                    f"{'  <- best' if mode == rep['best'] else ''}")
+    for label, info in {n: v for n, v in rep.get("embedders", {}).items() if n != "index"}.items():
+        if "error" in info:
+            click.echo(f"Not compared: {info['model']}: {info['error']}")
+            continue
+        click.echo(f"ROW@{label} rows: the same chunks embedded with {info['model']} (in memory, "
+                   f"{info['reembed_s']:.1f} s; the index is not changed).")
     if "rerankers" in rep:
         models = ", ".join(f"{n} = {label}" for n, label in rep["rerankers"].items())
         click.echo(f"MODE+RERANKER rows rerank the first {rep['rerank_depth']} candidates ({models}).")
@@ -66,13 +73,18 @@ def _retrieval_report(ws: Any, questions: list[str] | None, limit: int | None, k
 @click.option("--rerank", "rerankers", multiple=True, type=click.Choice(RERANK_NAMES),
               help="With --retrieval: also measure each mode reranked by this backend (repeatable; default: "
                    "chat.rerank when it is on; 'off' = no reranked rows).")
+@click.option("--compare-embedder", "compare", multiple=True, metavar="MODEL",
+              help="With --retrieval: also measure dense and hybrid with this embedding model (a folder, a cached hub "
+                   "id, 'default', or 'base' = the model a tuned embedder was trained from), the chunks re-embedded "
+                   "in memory (repeatable; default: 'base' for a tuned embedder on an index of up to 5,000 chunks; "
+                   "'none' = no comparison).")
 @click.option("--json", "as_json", is_flag=True)
 @offline_option
 @config_option
 @handle_errors
 def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ...], backend: str | None, limit: int | None,
              out_dir: str | None, judge: bool, forgetting: bool, retrieval_only: bool, preferences_only: bool, k: int | None,
-             rerankers: tuple[str, ...], as_json: bool,
+             rerankers: tuple[str, ...], compare: tuple[str, ...], as_json: bool,
              offline: bool,
              config_path: str | None) -> None:
     """A/B evaluation: models x {RAG, closed book}; writes JSON, Markdown, HTML and a PNG chart."""
@@ -87,8 +99,11 @@ def eval_cmd(models: str, rag: bool | None, both: bool, questions: tuple[str, ..
         else:
             click.echo(prefs.line() if prefs else "No arena marks yet: mark answers in the Arena view of 'raftsmith ui'.")
         return
+    if compare and not retrieval_only:
+        raise ConfigError("--compare-embedder goes with --retrieval (it compares retrieval, not answers).")
     if retrieval_only:
-        _retrieval_report(ws, list(questions) or None, limit, k, as_json, list(rerankers) or None)
+        others = None if not compare else [m for m in compare if m.lower() != "none"]
+        _retrieval_report(ws, list(questions) or None, limit, k, as_json, list(rerankers) or None, others)
         return
     modes = [True, False] if (both or rag is None) else [rag]
     names = [m.strip() for m in models.split(",") if m.strip()]

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("rag.cli.init_cmds:init_cmd", "Create a workspace (raftsmith.yaml and folders)."),
     "ingest": ("rag.cli.ingest_cmds:ingest_cmd", "Ingest documents or an llms.txt site into the index."),
     "search": ("rag.cli.search_cmds:search_cmd", "Search the index (dense, bm25 or hybrid)."),
+    "index": ("rag.cli.index_cmds:index_group", "Index statistics: chunks, vectors, FAISS kind, disk and RAM."),
     "keys": ("rag.cli.keys_cmds:keys_group", "Store, delete or list API keys in the OS keyring."),
     "generate": ("builder.cli.generate_cmds:generate_cmd", "Generate RAFT training data with a teacher."),
     "train": ("builder.cli.train_cmds:train_cmd", "LoRA/QLoRA fine-tune the student model."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import statistics
 import threading
 import time
@@ -25,6 +26,8 @@ from rag.evaluate.questions import EvalItem, load_items
 from rag.evaluate.report import EvalReport, write_outputs
 from rag.progress import Progress, emit
 from rag.types import Chunk
+
+log = logging.getLogger(__name__)
 
 
 def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
@@ -43,7 +46,8 @@ def attach_oracles(engine: Answerer, items: list[EvalItem]) -> None:
 
 def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = None,
                      modes: Sequence[str] = ("dense", "bm25", "hybrid"),
-                     rerankers: Sequence[str] | None = None) -> dict[str, Any]:
+                     rerankers: Sequence[str] | None = None,
+                     compare: Sequence[str] | None = None) -> dict[str, Any]:
     """Recall@k of each retrieval mode over the answerable items, with no answering model involved.
 
     A question counts as found when one of its top-k chunks is an oracle chunk (eval split
@@ -58,10 +62,15 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
     rows named ``MODE+RERANKER``: chat.rerank_depth candidates, the gate, then the reranker's top k.
     ``best`` is one of those row names; ``best_mode`` / ``best_rerank`` are the chat.mode and
     chat.rerank values that give it.
+
+    ``compare``: other embedding models (folders, hub ids in the local cache, 'default'), each
+    measured on the same chunks re-embedded in memory, as rows ``ROW@NAME`` (dense and hybrid;
+    BM25 does not change). None = the model a tuned embedder (``raftsmith train-retriever``) was
+    trained from, named ``base``, when the index's embedder is one. Those rows never become
+    ``best``: they are what the index would give with that embedder.
     """
-    from rag.answer import split_relevant
-    from rag.rerank import Reranker, make_reranker, rerank
-    from rag.retrieve import Retriever
+    from rag.rerank import Reranker, make_reranker
+    from rag.retrieve import ReembeddedRetriever, Retriever
 
     chat = ws.config.chat
     k = k or chat.top_k
@@ -75,47 +84,121 @@ def retrieval_recall(ws: Workspace, items: Sequence[EvalItem], k: int | None = N
         if reranker is not None:
             loaded[name] = reranker
     depth = max(k, chat.rerank_depth)
+    others = _embedders_to_compare(ws, compare)
+    rows: dict[str, tuple[float, float, float]] = {}
     retriever = Retriever.from_workspace(ws)
-    recall: dict[str, float] = {}
-    mrr: dict[str, float] = {}
-    p50: dict[str, float] = {}
     try:
-        for mode in modes:
-            for name, reranker in [("", None), *loaded.items()]:
-                label = f"{mode}+{name}" if name else mode
-
-                def top(question: str, mode: str = mode, reranker: Any = reranker) -> list[Chunk]:
-                    hits = retriever.search(question, k=depth if reranker else k, mode=mode, dense_scores=True)
-                    chunks, _below = split_relevant(hits, chat.min_score)  # what an answer would be given
-                    return rerank(reranker, question, chunks, k) if reranker else chunks
-
-                top(answerable[0].question)  # warm-up: model loads are not a query's latency
-                found, reciprocal, times = 0, 0.0, []
-                for it in answerable:
-                    t0 = time.perf_counter()
-                    chunks = top(it.question)
-                    times.append((time.perf_counter() - t0) * 1000)
-                    ref = normalize(it.answer or "")
-                    oracles = set(it.oracle_chunk_ids)
-                    rank = next((r for r, c in enumerate(chunks, start=1)
-                                 if c.chunk_id in oracles or contains_words(normalize(c.text), ref)), None)
-                    if rank is not None:
-                        found += 1
-                        reciprocal += 1.0 / rank
-                recall[label] = round(found / len(answerable), 4)
-                mrr[label] = round(reciprocal / len(answerable), 4)
-                p50[label] = round(statistics.median(times), 2)
+        rows.update(_measure_retriever(retriever, answerable, modes, loaded, k, depth, chat.min_score))
     finally:
         retriever.close()
+    embedders: dict[str, Any] = {"index": ws.config.embedding.model or "default"}
+    for label, model in others.items():
+        t0 = time.perf_counter()
+        cfg = ws.config.embedding.model_copy(update={"model": model})
+        try:
+            other = ReembeddedRetriever(ws.index_dir, cfg, ws.root, chat)
+        except ConfigError as err:  # e.g. a tuned embedder's base that is not on this machine
+            embedders[label] = {"model": model, "error": str(err)}
+            continue
+        embedders[label] = {"model": model, "reembed_s": round(time.perf_counter() - t0, 2)}
+        try:
+            measured = _measure_retriever(other, answerable, [m for m in modes if m != "bm25"], loaded, k, depth,
+                                          chat.min_score)
+        finally:
+            other.close()
+        rows.update({f"{row}@{label}": v for row, v in measured.items()})
+    recall = {row: v[0] for row, v in rows.items()}
+    mrr = {row: v[1] for row, v in rows.items()}
+    p50 = {row: v[2] for row, v in rows.items()}
     # A tie in recall goes to the mode that ranks the answer-bearing chunk higher (a small model
     # reads the first passage most), then to the one without a reranker (cheaper), then to hybrid.
-    best = max(recall, key=lambda m: (recall[m], mrr[m], "+" not in m, m.split("+")[0] == "hybrid"))
+    live = [m for m in recall if "@" not in m]
+    best = max(live, key=lambda m: (recall[m], mrr[m], "+" not in m, m.split("+")[0] == "hybrid"))
     best_mode, _, best_rerank = best.partition("+")
     out: dict[str, Any] = {"k": k, "questions": len(answerable), "recall": recall, "mrr": mrr, "p50_ms": p50,
                            "best": best, "best_mode": best_mode, "best_rerank": best_rerank or "off"}
+    if others:
+        out["embedders"] = embedders
     if loaded:
         out["rerank_depth"] = depth
         out["rerankers"] = {name: r.model_label for name, r in loaded.items()}
+    return out
+
+
+#: the tuned embedder's base is compared by default only up to this many chunks (re-embedding
+#: them all takes about a minute per 1,000 on a 2-core CPU); '--compare-embedder base' asks always
+AUTO_COMPARE_MAX_CHUNKS = 5000
+
+
+def _embedders_to_compare(ws: Workspace, compare: Sequence[str] | None) -> dict[str, str]:
+    """label -> embedding.model value of each embedder to measure beside the index's own:
+    ``compare`` as given ('base' = the model a tuned embedder was trained from), or by default
+    that base when the index's embedder is a tuned one, the base can be found here and the
+    index is small enough."""
+    from rag.index.embedder import resolve_model_dir, tuned_from
+
+    base = tuned_from(ws.config.embedding, ws.root)
+    if compare is not None:
+        out: dict[str, str] = {}
+        for m in dict.fromkeys(compare):
+            if m == "base":
+                if base is None:
+                    raise ConfigError("--compare-embedder base: the index's embedder was not made by "
+                                      "'raftsmith train-retriever', so it has no base; name a model instead.")
+                out["base"] = base
+            elif m and m != (ws.config.embedding.model or "default") and m != "index":
+                out[m] = m
+        return out
+    if base is None:
+        return {}
+    try:
+        resolve_model_dir(ws.config.embedding.model_copy(update={"model": base}), ws.root)
+    except ConfigError:
+        log.info("the tuned embedder's base %s is not on this machine: not compared", base)
+        return {}
+    from rag.index.store import IndexStore
+
+    store = IndexStore(ws.index_dir, readonly=True)
+    try:
+        n = store.count_chunks()
+    finally:
+        store.close()
+    if n > AUTO_COMPARE_MAX_CHUNKS:
+        log.info("%d chunks: the base embedder is compared only with --compare-embedder base", n)
+        return {}
+    return {"base": base}
+
+
+def _measure_retriever(retriever: Any, answerable: Sequence[EvalItem], modes: Sequence[str], rerankers: dict[str, Any],
+                       k: int, depth: int, min_score: float) -> dict[str, tuple[float, float, float]]:
+    """row name -> (recall@k, MRR, p50 ms) of one retriever, every mode with and without each reranker."""
+    from rag.answer import split_relevant
+    from rag.rerank import rerank
+
+    out: dict[str, tuple[float, float, float]] = {}
+    for mode in modes:
+        for name, reranker in [("", None), *rerankers.items()]:
+            def top(question: str, mode: str = mode, reranker: Any = reranker) -> list[Chunk]:
+                hits = retriever.search(question, k=depth if reranker else k, mode=mode, dense_scores=True)
+                chunks, _below = split_relevant(hits, min_score)  # what an answer would be given
+                return rerank(reranker, question, chunks, k) if reranker else chunks
+
+            top(answerable[0].question)  # warm-up: model loads are not a query's latency
+            found, reciprocal, times = 0, 0.0, []
+            for it in answerable:
+                t0 = time.perf_counter()
+                chunks = top(it.question)
+                times.append((time.perf_counter() - t0) * 1000)
+                ref = normalize(it.answer or "")
+                oracles = set(it.oracle_chunk_ids)
+                rank = next((r for r, c in enumerate(chunks, start=1)
+                             if c.chunk_id in oracles or contains_words(normalize(c.text), ref)), None)
+                if rank is not None:
+                    found += 1
+                    reciprocal += 1.0 / rank
+            out[f"{mode}+{name}" if name else mode] = (round(found / len(answerable), 4),
+                                                       round(reciprocal / len(answerable), 4),
+                                                       round(statistics.median(times), 2))
     return out
 
 

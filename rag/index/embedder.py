@@ -73,6 +73,23 @@ def resolve_model_dir(cfg: EmbeddingConfig, root: Path | None = None) -> Path:
         ) from None
 
 
+#: written by ``raftsmith train-retriever`` into each tuned model's folder (its figures, its base)
+TUNED_REPORT_NAME = "raftsmith_retriever.json"
+
+
+def tuned_from(cfg: EmbeddingConfig, root: Path | None = None) -> str | None:
+    """The embedding.model a tuned embedder was trained from, or None for a model that was not
+    tuned here (or cannot be found)."""
+    import json
+
+    try:
+        meta = json.loads((resolve_model_dir(cfg, root) / TUNED_REPORT_NAME).read_text())
+    except (OSError, ValueError, ConfigError):
+        return None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    return str(base) if base else None
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -96,16 +113,19 @@ class SentenceEmbedder:
     """A loaded sentence-transformers model plus counters that tests and reports read."""
 
     def __init__(self, model_dir: Path, model_id: str, device: str = "cpu", batch_size: int = 32,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", batch_tokens: int = 0):
         from sentence_transformers import SentenceTransformer
 
         _quiet_transformers()
         self.model_dir = model_dir
         self.model_id = model_id
         self.device = _pick_device(device)
-        #: 'bf16' = encode under CPU bf16 autocast (vectors stay float32); else full fp32
+        #: 'bf16' = encode under CPU bf16 autocast; 'fp16' = the model's weights in half precision
+        #: on a GPU; else full fp32. The vectors are float32 in every case.
         self.precision = _pick_precision(precision, self.device)
         self.batch_size = batch_size
+        #: > 0: batches cut by padded tokens (rows x longest row) instead of a fixed row count
+        self.batch_tokens = batch_tokens
         try:
             self._model: Any = SentenceTransformer(str(model_dir), device=self.device)
         except Exception as err:  # noqa: BLE001 - surface as a config problem with the fix
@@ -113,6 +133,8 @@ class SentenceEmbedder:
                 f"Could not load the embedding model from {model_dir}: {err}. "
                 "Check embedding.model and embedding.device in raftsmith.yaml."
             ) from None
+        if self.precision == "fp16":
+            self._model.half()
         getdim: Any = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(getdim())
         max_seq: Any = getattr(self._model, "max_seq_length", None)
@@ -130,14 +152,23 @@ class SentenceEmbedder:
             self.calls += 1
             self.texts_embedded += len(texts)
             with self._autocast(len(texts)):
-                vecs = self._model.encode(
-                    list(texts),
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                if self.batch_tokens <= 0:
+                    vecs = self._encode(list(texts), self.batch_size)
+                else:
+                    vecs = np.zeros((len(texts), self.dim), dtype=np.float32)
+                    for batch in token_batches(self._token_lengths(texts), self.batch_tokens):
+                        vecs[batch] = self._encode([texts[i] for i in batch], len(batch))
         return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        out: np.ndarray = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False)
+        return out
+
+    def _token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes in the model (special tokens included, cut at its length)."""
+        enc = self._model.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
 
     def _autocast(self, n: int) -> Any:
         # bf16 pays on batches (ingest: ~1.4x); on one short query its casts cost more than they
@@ -154,10 +185,31 @@ class SentenceEmbedder:
         return len(tok(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
 
 
+def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Index batches, longest texts first, each as many rows as fit ``budget`` padded tokens
+    (rows x the batch's longest): short texts go in wide batches, long ones in narrow ones."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        # sorted longest first, so the batch's first row is its longest
+        if cur and (len(cur) + 1) * lengths[cur[0]] > budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 def _pick_precision(precision: str, device: str) -> str:
-    """'auto' -> bf16 autocast on a CPU with working native bf16, else fp32 (GPUs: fp32 here)."""
+    """'auto' -> bf16 autocast on a CPU with working native bf16, else fp32 (GPUs too: fp16 is
+    opt-in until its recall is measured against fp32 there, benchmarks/cuda.py embed)."""
     if precision == "bf16" and device != "cpu":
-        raise ConfigError("embedding.precision: bf16 is the CPU autocast; use 'auto' or 'fp32' with a GPU device.")
+        raise ConfigError("embedding.precision: bf16 is the CPU autocast; use 'auto', 'fp16' or 'fp32' with a GPU device.")
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(f"embedding.precision: fp16 needs a CUDA device (embedding.device is '{device}'); "
+                          "use 'auto' or 'fp32' there.")
     if precision != "auto":
         return precision
     if device != "cpu":
@@ -186,7 +238,7 @@ def vector_family(backend: str) -> str:
     return "int8" if backend == "onnx-int8" else "float"
 
 
-_CACHE: dict[tuple[str, str, int, str, str], TextEmbedder] = {}
+_CACHE: dict[tuple[str, str, int, str, str, int], TextEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -195,7 +247,7 @@ def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> TextEmbedde
     ``embedding.backend`` torch -> :class:`SentenceEmbedder`, onnx / onnx-int8 ->
     :class:`~rag.index.onnx_embedder.OnnxEmbedder`."""
     model_dir = resolve_model_dir(cfg, root)
-    key = (str(model_dir), cfg.device, cfg.batch_size, cfg.precision, cfg.backend)
+    key = (str(model_dir), cfg.device, cfg.batch_size, cfg.precision, cfg.backend, cfg.batch_tokens)
     with _CACHE_LOCK:
         emb = _CACHE.get(key)
         if emb is None:
@@ -203,8 +255,11 @@ def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> TextEmbedde
             log.info("loading embedding model %s from %s (backend %s)", model_id, model_dir, cfg.backend)
             if cfg.backend == "torch":
                 emb = SentenceEmbedder(model_dir, model_id, device=cfg.device, batch_size=cfg.batch_size,
-                                       precision=cfg.precision)
+                                       precision=cfg.precision, batch_tokens=cfg.batch_tokens)
             else:
+                if cfg.precision == "fp16":
+                    raise ConfigError(f"embedding.precision: fp16 is for the torch backend on CUDA; embedding.backend "
+                                      f"'{cfg.backend}' runs on the CPU: set embedding.precision: auto.")
                 if cfg.device not in ("cpu", "auto"):
                     raise ConfigError(f"embedding.backend '{cfg.backend}' runs on the CPU; set embedding.device: cpu "
                                       "or use embedding.backend: torch for a GPU.")

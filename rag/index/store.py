@@ -34,8 +34,12 @@ DB_NAME = "store.sqlite"
 FAISS_NAME = "index.faiss"
 META_NAME = "meta.json"
 LOCK_NAME = ".lock"
-SCHEMA_VERSION = 2  # 2: chunks.context, FTS5 columns context and terms (identifier forms)
-FORMAT = "raftsmith-index/2"
+#: 2: chunks.context, FTS5 columns context and terms (identifier forms); 3: vectors in float16
+#: (meta vector_dtype). A format-2 index is read and written as it is (float32 vectors); an
+#: older raftsmith refuses a format-3 one instead of misreading its vectors.
+SCHEMA_VERSION = 3
+MIN_SCHEMA_VERSION = 2  # older indexes are rebuilt from the documents (ingest --rebuild)
+FORMAT = f"raftsmith-index/{SCHEMA_VERSION}"
 HNSW_THRESHOLD = 50_000
 
 _SCHEMA = """
@@ -106,16 +110,11 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def vec_to_blob(v: np.ndarray) -> bytes:
-    import numpy as np
-
-    return np.ascontiguousarray(v, dtype="<f4").tobytes()
-
-
-def blob_to_vec(b: bytes) -> np.ndarray:
-    import numpy as np
-
-    return np.frombuffer(b, dtype="<f4")
+#: how a store keeps its vectors (meta ``vector_dtype``); a store without the key holds float32
+VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
+#: what a new (or rebuilt) index stores: half the bytes of float32, and the FAISS index built
+#: from them ranks as the float32 one does (cosine error ~1e-4; benchmarks/index_scale.py)
+NEW_VECTOR_DTYPE = "float16"
 
 
 # An identifier: word parts joined by '.', '_', '::', '/' or '-' (torch.hub.load, listen_port,
@@ -195,12 +194,12 @@ class IndexStore:
         if version is not None and int(version) > SCHEMA_VERSION:
             self.con.close()
             raise IndexStoreError(f"{self.db_path} was written by a newer raftsmith; upgrade raftsmith to read it.")
-        if version is not None and int(version) < SCHEMA_VERSION:
+        if version is not None and int(version) < MIN_SCHEMA_VERSION:
             if readonly:
                 self.con.close()
                 raise IndexStoreError(
-                    f"The index at {self.index_dir} has format {version}; this raftsmith reads format "
-                    f"{SCHEMA_VERSION} (chunks indexed with their document context). {REBUILD_HINT}"
+                    f"The index at {self.index_dir} has format {version}; this raftsmith reads formats "
+                    f"{MIN_SCHEMA_VERSION}-{SCHEMA_VERSION} (chunks indexed with their document context). {REBUILD_HINT}"
                 )
             self.outdated = True  # ingest rebuilds it in one transaction (reset()); nothing else writes
         elif not readonly:
@@ -208,6 +207,21 @@ class IndexStore:
             if version is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("generation", "0")
+                self.set_meta("vector_dtype", NEW_VECTOR_DTYPE)
+        try:
+            #: the dtype of every vector blob in this store
+            self.vector_dtype = self._stored_dtype()
+        except IndexStoreError:
+            self.con.close()
+            raise
+
+    def _stored_dtype(self) -> str:
+        version = int(self.get_meta("schema_version") or SCHEMA_VERSION)
+        stored = self.get_meta("vector_dtype") or (NEW_VECTOR_DTYPE if version >= 3 else "float32")
+        if stored not in VECTOR_DTYPES:
+            raise IndexStoreError(f"{self.db_path} stores vectors as '{stored}', which this raftsmith cannot read; "
+                                  "upgrade raftsmith, or run 'raftsmith ingest --rebuild'.")
+        return stored
 
     def reset(self) -> None:
         """Empty the index and give it this version's schema (inside the caller's transaction:
@@ -218,7 +232,21 @@ class IndexStore:
             if stmt.strip():
                 self.con.execute(stmt)
         self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self.set_meta("vector_dtype", NEW_VECTOR_DTYPE)
+        self.vector_dtype = NEW_VECTOR_DTYPE
         self.outdated = False
+
+    def encode_vec(self, v: np.ndarray) -> bytes:
+        """A vector as this store keeps it."""
+        import numpy as np
+
+        return np.ascontiguousarray(v, dtype=VECTOR_DTYPES[self.vector_dtype]).tobytes()
+
+    def decode_vec(self, blob: bytes) -> np.ndarray:
+        """A stored vector, as float32."""
+        import numpy as np
+
+        return np.frombuffer(blob, dtype=VECTOR_DTYPES[self.vector_dtype]).astype(np.float32)
 
     def close(self) -> None:
         self.con.close()
@@ -238,6 +266,7 @@ class IndexStore:
             yield
         except BaseException:
             self.con.execute("ROLLBACK")
+            self.vector_dtype = self._stored_dtype()  # a rolled-back reset() leaves the old vectors
             raise
         self.con.execute("COMMIT")
 
@@ -266,9 +295,9 @@ class IndexStore:
         return removed
 
     # --- chunks -----------------------------------------------------------------------------
-    def vectors_by_embed_sha(self, source: str) -> dict[str, bytes]:
+    def vectors_by_embed_sha(self, source: str) -> dict[str, np.ndarray]:
         rows = self.con.execute("SELECT embed_sha, vector FROM chunks WHERE source=?", (source,))
-        return {sha: vec for sha, vec in rows}
+        return {sha: self.decode_vec(blob) for sha, blob in rows}
 
     def delete_chunks(self, source: str) -> int:
         ids = [r[0] for r in self.con.execute("SELECT id FROM chunks WHERE source=?", (source,))]
@@ -277,10 +306,11 @@ class IndexStore:
             self.con.execute("DELETE FROM chunks WHERE source=?", (source,))
         return len(ids)
 
-    def insert_chunks(self, rows: Iterable[tuple[ChunkRow, bytes]]) -> list[int]:
+    def insert_chunks(self, rows: Iterable[tuple[ChunkRow, np.ndarray]]) -> list[int]:
         """Insert chunks with their vectors; returns their integer ids (the FAISS ids)."""
         ids: list[int] = []
-        for row, blob in rows:
+        for row, vec in rows:
+            blob = self.encode_vec(vec)
             if self.outdated:
                 raise IndexStoreError(f"The index at {self.index_dir} has an older format. {REBUILD_HINT}")
             cur = self.con.execute(
@@ -316,13 +346,14 @@ class IndexStore:
     def all_rows(self) -> list[tuple[Any, ...]]:
         return list(self.con.execute(f"SELECT {CHUNK_COLS} FROM chunks ORDER BY source, start_line, byte_start"))
 
-    def vectors_for_ids(self, ids: list[int]) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
+    def vectors_for_ids(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """Row id -> its vector (float32); ids not in the store are left out."""
+        out: dict[int, np.ndarray] = {}
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
             marks = ",".join("?" * len(part))
             for i, blob in self.con.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", part):
-                out[int(i)] = blob
+                out[int(i)] = self.decode_vec(blob)
         return out
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +366,12 @@ class IndexStore:
             blobs.append(blob)
         if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        mat = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), -1).astype(np.float32)
+        dtype = np.dtype(VECTOR_DTYPES[self.vector_dtype])
+        joined = b"".join(blobs)
+        if len(joined) != len(blobs) * len(blobs[0]) or len(blobs[0]) % dtype.itemsize:
+            raise IndexStoreError(f"The vectors in {self.db_path} do not all have one size (an index written by "
+                                  f"two raftsmith versions?). {REBUILD_HINT}")
+        mat = np.frombuffer(joined, dtype=dtype).reshape(len(ids), -1).astype(np.float32)
         return np.asarray(ids, dtype=np.int64), mat
 
     def bm25(self, query: str, limit: int) -> list[tuple[int, float]]:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from rag.errors import IngestError
 from rag.index.store import (
-    FORMAT,
     ChunkRow,
     IndexStore,
     build_faiss,
@@ -31,7 +30,6 @@ from rag.index.store import (
     choose_kind,
     load_faiss,
     save_faiss,
-    vec_to_blob,
     writer_lock,
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
@@ -42,6 +40,8 @@ from rag.ingest.secret_scan import scan_chunks
 from rag.progress import Progress, counter
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from rag.config import Workspace
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
     if existing is not None and str(existing[1].get("generation")) == str(generation):
         return
     meta: dict[str, Any] = {
-        "format": FORMAT, "generation": generation, "n_chunks": n_total, "dim": dim,
+        "format": f"raftsmith-index/{store.get_meta('schema_version')}", "generation": generation, "n_chunks": n_total, "dim": dim,
         "embedding_model": ws.config.embedding.model, "faiss_kind": kind, "tombstones": 0,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -389,9 +389,9 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
         if tombstones <= TOMBSTONE_LIMIT * max(n_total, 1):
             index = existing[0]
             if new_ids:
-                blobs = store.vectors_for_ids(new_ids)
+                stored = store.vectors_for_ids(new_ids)
                 ids = np.asarray(new_ids, dtype=np.int64)
-                mat = np.stack([np.frombuffer(blobs[i], dtype="<f4") for i in new_ids]).astype(np.float32)
+                mat = np.stack([stored[i] for i in new_ids]).astype(np.float32)
                 index.add_with_ids(mat, ids)
             meta["tombstones"] = tombstones
             if existing[1].get("search"):
@@ -406,8 +406,8 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
     save_faiss(ws.index_dir, index, meta)
 
 
-def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: IngestReport) -> dict[str, bytes]:
-    vectors: dict[str, bytes] = {}
+def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: IngestReport) -> dict[str, np.ndarray]:
+    vectors: dict[str, np.ndarray] = {}
     needed: dict[str, str] = {}  # embed_sha -> text
     for c, res, *_rest, specs in todo:
         reusable = store.vectors_by_embed_sha(c.source)
@@ -431,7 +431,7 @@ def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: Inges
         part = keys[start:start + batch]
         mat = ing.embedder.encode([needed[k] for k in part])
         for k, v in zip(part, mat, strict=True):
-            vectors[k] = vec_to_blob(v)
+            vectors[k] = v
         report.embeddings_computed += len(part)
         advance(len(part))
     return vectors

@@ -108,6 +108,33 @@ def test_backend_selection_and_oom_message():
         assert knob in OOM_HELP
 
 
+def test_cuda_quantization_follows_bitsandbytes(monkeypatch, caplog):
+    import builder.train.backends as be
+    from rag.errors import TrainingError
+
+    monkeypatch.setattr(be, "bitsandbytes_importable", lambda: True)
+    assert be.cuda_quantization("auto") == "nf4"
+    assert be.cuda_quantization("none") == "none"
+    monkeypatch.setattr(be, "bitsandbytes_importable", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert be.cuda_quantization("auto") == "none"  # trains without 4-bit, and says so
+    assert "bitsandbytes is not installed" in caplog.text
+    with pytest.raises(TrainingError, match="student.quantization: none"):
+        be.cuda_quantization("nf4")
+    assert be.select_backend("hf", "none").quantization == "none"
+    with pytest.raises(TrainingError, match="--backend hf with student.quantization: none"):
+        be.select_backend("unsloth", "none")
+    monkeypatch.setattr(be, "cuda_available", lambda: True)
+    monkeypatch.setattr(be, "unsloth_importable", lambda: True)
+    assert be.select_backend("auto").name == "unsloth"
+    assert be.select_backend("auto", "none").name == "hf"  # unsloth is 4-bit only
+    from builder.families import get_family
+
+    # no 4-bit: the registry's QLoRA VRAM estimate does not apply, so no preflight (OOM_HELP names the fixes)
+    assert be.HFBackend("none").preflight(get_family("smollm2"), 4, 1024) is None
+    assert "student.quantization: nf4" in be.OOM_HELP
+
+
 def test_hub_base_offline_is_a_clear_error(tmp_path):
     from builder.train.base_model import resolve_base
     from rag.errors import TrainingError

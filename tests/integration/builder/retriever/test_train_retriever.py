@@ -215,3 +215,30 @@ def test_a_failed_switch_leaves_the_old_index_and_config(generated: Path, tmp_pa
     assert not list((root / ".raftsmith").glob(".index.*")), "a staged or old index copy was left behind"
     with Retriever.from_workspace(load_workspace(root / "raftsmith.yaml")) as r:
         assert r.search("Which TCP port does the relay listen on?", k=1, mode="dense")
+
+
+def test_eval_retrieval_puts_the_base_embedder_beside_the_tuned_one(generated: Path,
+                                                                    tuned: tuple[Path, Any, str, set[str]]) -> None:
+    """After train-retriever, ``eval --retrieval`` also measures the base embedder on the same
+    chunks (re-embedded in memory); those rows equal what the untuned workspace measures."""
+    from rag.evaluate import load_items, retrieval_recall
+
+    root, res, *_ = tuned
+    args = ["eval", "--retrieval", "--json", "--config", str(root / "raftsmith.yaml")]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.stdout)
+    assert rep["embedders"]["index"] == res.model and rep["embedders"]["base"]["model"] == res.base_model
+    assert {"dense@base", "hybrid@base"} <= set(rep["recall"]) and "bm25@base" not in rep["recall"]
+    assert "@" not in rep["best"]  # a compared embedder is not something chat.mode can pick
+    before_ws = load_workspace(generated / "raftsmith.yaml")
+    before = retrieval_recall(before_ws, load_items(before_ws, None, None), compare=[])
+    one = 1.0 / rep["questions"]  # in-memory float32 vs stored float16 vectors: a near tie may flip
+    for mode in ("dense", "hybrid"):
+        assert rep["recall"][f"{mode}@base"] == pytest.approx(before["recall"][mode], abs=one + 1e-9), (mode, rep, before)
+        assert rep["mrr"][f"{mode}@base"] == pytest.approx(before["mrr"][mode], abs=one / 2 + 1e-9)
+    assert rep["recall"]["dense"] != rep["recall"]["dense@base"] or rep["mrr"]["dense"] != rep["mrr"]["dense@base"]
+    text = CliRunner().invoke(cli, args[:2] + args[3:])
+    assert text.exit_code == 0 and "ROW@base rows" in text.output and "dense@base" in text.output
+    none = json.loads(CliRunner().invoke(cli, [*args, "--compare-embedder", "none"]).stdout)
+    assert not any("@" in m for m in none["recall"]) and "embedders" not in none

@@ -74,7 +74,8 @@ def test_eval_retrieval_measures_recall_per_mode_without_a_model(tmp_path: Path)
     assert all(0.0 < rep["mrr"][m] <= rep["recall"][m] for m in rep["recall"] if rep["recall"][m])
     tied = [m for m in rep["recall"] if rep["recall"][m] == rep["recall"][rep["best"]]]
     assert rep["mrr"][rep["best"]] == max(rep["mrr"][m] for m in tied)
-    assert not (root / ".raftsmith" / "audit.jsonl").exists()  # no model was asked anything
+    audit = root / ".raftsmith" / "audit.jsonl"  # no model was asked anything (a cold index cache logs its ingest)
+    assert not audit.exists() or {json.loads(x)["event"] for x in audit.read_text().splitlines()} == {"ingest"}
     text = CliRunner().invoke(cli, args)
     assert text.exit_code == 0 and "<- best" in text.output and "recall@5 over 3" in text.output
 
@@ -156,3 +157,44 @@ def test_models_answer_side_by_side_with_the_same_answers(tmp_path: Path) -> Non
 
     for llm in _CACHE.values():  # the thread counts are given back after the run
         assert llama_cpp.llama_n_threads(llm._ctx.ctx) == llm.context_params.n_threads
+
+
+def test_a_compared_embedder_reembeds_the_chunks_as_ingest_did(tmp_path: Path) -> None:
+    """The same model given as another folder: the in-memory vectors equal the stored ones
+    (context, heading and text embedded as ingest embeds them) and so do the figures."""
+    import shutil
+
+    import numpy as np
+
+    from rag.config import load_workspace
+    from rag.packaged import minilm_dir
+    from rag.retrieve import ReembeddedRetriever, Retriever
+
+    root = make_workspace(tmp_path / "ws")
+    (root / "q.yaml").write_text(RECALL_QUESTIONS)
+    same = shutil.copytree(minilm_dir(), tmp_path / "minilm-copy")
+    ws = load_workspace(root / "raftsmith.yaml")
+    cfg = ws.config.embedding.model_copy(update={"model": str(same)})
+    with Retriever.from_workspace(ws) as live, ReembeddedRetriever(ws.index_dir, cfg, ws.root, ws.config.chat) as other:
+        ids, stored = live.store.all_vectors()
+        again = np.stack([other._vecs[int(i)] for i in ids])
+        assert len(ids) > 10 and float((again * stored).sum(axis=1).min()) > 0.9999
+        q = "Which TCP port does the Kestrel KX-7 relay listen on by default for sensor ingest?"
+        assert [c.chunk_id for c in other.search(q, k=5, mode="hybrid")] == [c.chunk_id for c in live.search(q, k=5)]
+    res = CliRunner().invoke(cli, ["eval", "--retrieval", "--json", "--questions", str(root / "q.yaml"),
+                                   "--compare-embedder", str(same), "--config", str(root / "raftsmith.yaml")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["embedders"][str(same)]["model"] == str(same)
+    for mode in ("dense", "hybrid"):  # three questions, well apart from any tie
+        assert rep["recall"][f"{mode}@{same}"] == rep["recall"][mode]
+        assert rep["mrr"][f"{mode}@{same}"] == rep["mrr"][mode]
+    bad = CliRunner().invoke(cli, ["eval", "--compare-embedder", str(same), "--config", str(root / "raftsmith.yaml")])
+    assert bad.exit_code != 0 and "goes with --retrieval" in bad.output
+    nobase = CliRunner().invoke(cli, ["eval", "--retrieval", "--questions", str(root / "q.yaml"), "--compare-embedder",
+                                      "base", "--config", str(root / "raftsmith.yaml")])
+    assert nobase.exit_code != 0 and "has no base" in nobase.output
+    missing = CliRunner().invoke(cli, ["eval", "--retrieval", "--json", "--questions", str(root / "q.yaml"),
+                                       "--compare-embedder", str(tmp_path / "gone"), "--config", str(root / "raftsmith.yaml")])
+    assert missing.exit_code == 0, missing.output  # the index's own rows still come; the missing model is named
+    assert "error" in json.loads(missing.stdout)["embedders"][str(tmp_path / "gone")]

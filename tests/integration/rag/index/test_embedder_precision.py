@@ -8,7 +8,7 @@ import pytest
 from rag.config import EmbeddingConfig
 from rag.cpu import cpu_bf16_works
 from rag.errors import ConfigError
-from rag.index.embedder import BF16_MIN_BATCH, load_embedder
+from rag.index.embedder import BF16_MIN_BATCH, load_embedder, token_batches
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +47,32 @@ def test_bf16_vectors_match_fp32() -> None:
 def test_bf16_on_a_gpu_device_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="embedding.precision"):
         load_embedder(EmbeddingConfig(precision="bf16", device="cuda"))
+
+
+def test_fp16_off_cuda_is_a_config_error_naming_the_fix() -> None:
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        load_embedder(EmbeddingConfig(precision="fp16", device="cpu"))
+
+
+def test_token_batches_cut_by_padded_tokens() -> None:
+    lengths = [10, 200, 12, 50, 200, 11, 9]
+    batches = token_batches(lengths, budget=400)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each text once
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 400 or len(b) == 1
+    assert batches[0] == [1, 4]  # the two longest share a batch of 2 x 200
+    assert batches[-1] == [3, 2, 5, 0, 6]  # the rest in one wide batch of 5 x 50
+    assert token_batches([900], budget=100) == [[0]]  # a text over the budget still gets a batch
+    assert token_batches([], budget=100) == []
+
+
+def test_token_budget_batches_give_the_fixed_batch_vectors() -> None:
+    texts = [t * k for k in (1, 3, 8) for t in TEXTS]  # mixed lengths, so batches differ in width
+    fixed = load_embedder(EmbeddingConfig(precision="fp32")).encode(texts)
+    budget = load_embedder(EmbeddingConfig(precision="fp32", batch_tokens=256))
+    assert budget.batch_tokens == 256
+    by_tokens = budget.encode(texts)
+    assert by_tokens.shape == fixed.shape
+    # same rows in the same order (padding differs, so equal to float rounding only)
+    assert np.allclose(by_tokens, fixed, atol=1e-5)
+    assert budget._token_lengths(texts[:1])[0] == budget.count_tokens(texts[0]) + 2  # [CLS] and [SEP]

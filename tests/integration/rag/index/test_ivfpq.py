@@ -21,7 +21,6 @@ from rag.index.store import (
     save_faiss,
     search_vectors,
     set_search_params,
-    vec_to_blob,
 )
 from rag.retrieve import Retriever
 
@@ -117,7 +116,7 @@ def test_retriever_on_an_ivfpq_index_finds_what_exact_search_finds(tmp_path: Pat
     with store.transaction():
         ids = store.insert_chunks(
             (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20}", 1, 2, None, 0, 1, t, 8, str(i)),
-             vec_to_blob(v)) for i, (t, v) in enumerate(zip(texts, vecs, strict=True)))
+             v) for i, (t, v) in enumerate(zip(texts, vecs, strict=True)))
         store.set_meta("generation", "1")
         store.set_meta("embedding_model", "default")
         store.set_meta("faiss_kind", "ivfpq")
