@@ -3,6 +3,10 @@ the chunk rows from SQLite) and recall@10 against exact search, for flat, HNSW a
 
     nice -n 19 .venv/bin/python benchmarks/index_scale.py [--sizes 100000,1000000]
 
+The SQLite store keeps the vectors as --vector-dtypes says (float16, as a new index does, by
+default; "float32,float16" measures both side by side), and FAISS is built from them as ingest
+builds it; recall is against exact search over the float32 originals.
+
 Vectors are synthetic: random unit vectors around topics (one centre per 100 chunks, as in
 benchmarks/retrieval.py's scale test), 384-d like MiniLM; the text is synthetic words in the
 real SQLite/FTS5 store. Queries are stored vectors plus noise of norm ~1 (cosine ~0.7 to
