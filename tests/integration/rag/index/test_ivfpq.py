@@ -146,3 +146,58 @@ def test_retriever_on_an_ivfpq_index_finds_what_exact_search_finds(tmp_path: Pat
     # measured: 3 of 4 at the calibrated nprobe; the fan-filter question's answer sits in a cell
     # the calibrated nprobe (2) does not probe (it is found from nprobe 64)
     assert sum(top1) >= 3
+
+
+def test_a_bundle_carries_the_compressed_index_and_the_laptop_searches_it(
+        tmp_path: Path, vectors: tuple[np.ndarray, np.ndarray], smollm2_gguf: Path) -> None:
+    """An IVF-PQ index travels as it was built (codes, calibrated nprobe, float16 store): the
+    installed workspace finds what the home one finds and takes the compressed index's RAM."""
+    import hashlib
+    import shutil
+
+    from _runtime_ws import add_fixture_export
+
+    from rag.bundle import create_bundle, install_bundle
+    from rag.config import init_workspace, load_workspace
+    from rag.index.stats import index_stats
+
+    ids, vecs = vectors
+    ws = init_workspace(tmp_path / "home", corpus_name="big")
+    shutil.rmtree(ws.root / "docs")
+    (ws.root / "docs").mkdir()
+    add_fixture_export(ws.root, smollm2_gguf)
+    store = IndexStore(ws.index_dir)
+    with store.transaction():
+        got = store.insert_chunks((ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20}", 1, 2, None, 0, 1,
+                                            f"chunk {i}", 2, str(i)), v) for i, v in enumerate(vecs))
+        for meta, value in (("generation", "1"), ("embedding_model", "default"), ("faiss_kind", "ivfpq"),
+                            ("dim", str(DIM))):
+            store.set_meta(meta, value)
+    assert got == ids.tolist()
+    _, stored = store.all_vectors()  # FAISS from the store's float16 vectors, as ingest builds it
+    store.close()
+    index = build_faiss(ids, stored, "ivfpq", DIM)
+    search = calibrate(index, stored, ids, target=0.95)
+    save_faiss(ws.index_dir, index, {"generation": 1, "faiss_kind": "ivfpq", "search": search})
+    home = load_workspace(ws.config_path)
+    bundle = tmp_path / "big.tar"
+    create_bundle(home, bundle, include_embedding_model=False)
+    install_bundle(bundle, tmp_path / "laptop")
+    laptop = load_workspace(tmp_path / "laptop" / "raftsmith.yaml")
+
+    def sha(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert sha(laptop.index_dir / "index.faiss") == sha(home.index_dir / "index.faiss")
+    st = index_stats(laptop.index_dir)
+    assert st["faiss_kind"] == "ivfpq" and st["chunks"] == N and st["vector_dtype"] == "float16"
+    assert st["faiss_search"]["nprobe"] == search["nprobe"] and not st["faiss_stale"]
+    flat_mb = N * DIM * 4 / 2**20  # what a flat index of these vectors would hold
+    assert st["query_ram_mb"] < flat_mb / 4, st
+    rng = np.random.default_rng(5)
+    qv = vecs[rng.choice(N, 20, replace=False)] + rng.standard_normal((20, DIM)).astype(np.float32) / np.sqrt(DIM)
+    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+    with Retriever(home.index_dir, home.config.embedding) as a, Retriever(laptop.index_dir, laptop.config.embedding) as b:
+        for q in qv:
+            assert b._dense(q, 10) == a._dense(q, 10)
+        assert index_kind(b._index()) == "ivfpq" and b._index().nprobe == search["nprobe"]
