@@ -136,7 +136,9 @@ class RaftConfig(Section):
     cot: bool = Field(True, description="Chain-of-thought answers quoting the context.")
     quote_begin: str = "##begin_quote##"
     quote_end: str = "##end_quote##"
-    synthesize_per_chunk: int = Field(0, ge=0, description="Questions synthesized per chunk (0 = only question files).")
+    synthesize_per_chunk: int = Field(0, ge=0, description="With a teacher: for every chunk, its atomic facts are "
+                                      "listed and this many questions written per fact (0 = only question files).")
+    synthesize_max_facts: int = Field(12, ge=1, le=64, description="At most this many facts asked for per chunk.")
     questions: list[str] = Field(default_factory=lambda: ["domain_questions"], description="Question YAML files or folders.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of facts with several phrasings that give one to "
                                  "eval (eval_split: phrasings), or of items held out (facts).")

@@ -97,7 +97,6 @@ def careful_answer(body: dict[str, Any]) -> str:
     """A valid teacher reply for the request: quote the named document's first sentence."""
     msgs = body.get("messages", [])
     user = next((m["content"] for m in reversed(msgs) if m.get("role") == "user"), "")
-    system = msgs[0]["content"] if msgs else ""
     first_user = next((m["content"] for m in msgs if m.get("role") == "user"), "")
     if '"paraphrases"' in first_user:  # the phrasings request (or its JSON retry): rewordings, one reversal
         user = first_user
@@ -109,12 +108,18 @@ def careful_answer(body: dict[str, Any]) -> str:
         if '"reversals"' in user and a:
             out["reversals"] = [{"question": f"On a Kestrel KX-7, what has the value {a.group(1)}?", "answer": question}]
         return json.dumps(out)
-    if '"questions"' in system or "Write " in user and "questions" in user:
-        n = int(re.search(r"Write (\d+)", user).group(1)) if re.search(r"Write (\d+)", user) else 1
+    if '"facts"' in first_user:  # synthesis (or its JSON retry): two facts per chunk (its first lines), n phrasings each
+        user = first_user
+        n = int(re.search(r"; (\d+) differently worded questions", user).group(1))
         heading = re.search(r"section '([^']*)'", user)
         topic = heading.group(1) if heading else "the relay"
-        qs = [{"question": f"What does the Kestrel KX-7 manual say about {topic} (point {i + 1})?", "category": "facts"} for i in range(n)]
-        return json.dumps({"questions": qs})
+        doc = re.search(r"<document>\n(.*?)\n</document>", user, re.DOTALL)
+        lines = [ln.strip() for ln in (doc.group(1) if doc else "").splitlines()
+                 if len(ln.split()) >= 3 and not ln.lstrip().startswith(("#", "|", "```", "-"))]
+        facts = [{"fact": ln, "answer": " ".join(ln.split()[:2]).strip(".,:;"), "category": "facts",
+                  "questions": [f"What does the Kestrel KX-7 manual say about {topic} (fact {i + 1}, phrasing {j + 1})?"
+                                for j in range(n)]} for i, ln in enumerate(lines[:2])]
+        return json.dumps({"facts": facts})
     m = re.search(r"The answer is in document \[(\d+)\]", user)
     n = int(m.group(1)) if m else 1
     docs = re.findall(r'<document id="(\d+)"[^\n]*>\n(.*?)\n</document>', user, re.DOTALL)

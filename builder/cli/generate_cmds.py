@@ -14,7 +14,8 @@ from rag.providers import TEACHER_CHOICES
 @click.option("--questions", "questions", multiple=True, type=click.Path(path_type=str),
               help="Question YAML file or folder (repeatable; default: raft.questions).")
 @click.option("--synthesize", type=click.IntRange(min=0), default=None,
-              help="Questions to synthesize per chunk with the teacher (default: raft.synthesize_per_chunk).")
+              help="With a teacher: list every chunk's atomic facts and write this many questions per fact "
+                   "(default: raft.synthesize_per_chunk; at most raft.synthesize_max_facts facts per chunk).")
 @click.option("--teacher", type=click.Choice(TEACHER_CHOICES), default=None,
               help="Teacher provider; 'none' uses the reference answers in the question files (no network).")
 @click.option("--model", default=None, help="Teacher model (default: teacher.model).")
@@ -69,6 +70,13 @@ def _print_summary(s: object) -> None:
                 "  (no fact has a second phrasing to hold out: add paraphrases: to your items, or a holdout file)")
             t.add_row("eval split", f"{sp['eval_split']}: {sp['facts_trained']}/{sp['facts']} facts trained, "
                       f"{sp['facts_with_eval_phrasing']} with a held-out phrasing, {sp['facts_withheld']} withheld{hint}")
+        cov = d.get("synth_coverage") or {}
+        if cov:
+            fpc = cov["facts_per_chunk"]
+            t.add_row("synthesized facts", f"{cov['facts']} facts ({cov['phrasings']} phrasings) from "
+                      f"{cov['chunks_with_facts']}/{cov['chunks']} chunks; per chunk mean {fpc['mean']}, min "
+                      f"{fpc['min']}, max {fpc['max']}; {cov['chunks_without_facts']} chunks gave none "
+                      f"({cov['teacher_failed']} teacher failures; --json lists them)")
         t.add_row("quotes verified", str(d["quotes_verified_rows"]))
         t.add_row("teacher calls", f"{d['calls']} (cache hits {d['cache_hits']}, retries {d['retries']})")
         t.add_row("tokens", f"{d['prompt_tokens']:,} in / {d['completion_tokens']:,} out")

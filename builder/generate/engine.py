@@ -87,6 +87,7 @@ class GenerateSummary:
     decontamination: dict[str, Any] = field(default_factory=dict)
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)  # what eval holds out (also <corpus>.split.json)
+    synth_coverage: dict[str, Any] = field(default_factory=dict)  # --synthesize: facts per chunk, chunks with none
     files: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     answer_s: float = 0.0  # wall time of the answering phase alone (throughput = new_rows / answer_s)
@@ -96,6 +97,27 @@ class GenerateSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: facts per chunk a dry run's estimate assumes (a chunk of ~256 tokens states a handful)
+SYNTH_FACTS_ESTIMATE = 4
+
+
+def synth_coverage(chunks: list[Any], got: list[tuple[str, list[Question]]], failed: list[str]) -> dict[str, Any]:
+    """Facts per chunk from synthesis: how many chunks gave facts, the spread, and which gave
+    none (their facts reach training only through question files)."""
+    facts = {cid: sum(1 for q in qs if not q.extra.get("fact")) for cid, qs in got}
+    counts = [facts.get(c.chunk_id, 0) for c in chunks]
+    none = [c for c in chunks if not facts.get(c.chunk_id)]
+    return {
+        "chunks": len(chunks), "chunks_with_facts": sum(1 for n in counts if n), "facts": sum(counts),
+        "phrasings": sum(len(qs) for _, qs in got),
+        "facts_per_chunk": {"mean": round(sum(counts) / len(counts), 2) if counts else 0.0,
+                            "min": min(counts, default=0), "max": max(counts, default=0)},
+        "chunks_without_facts": len(none), "teacher_failed": len(failed),
+        "chunks_without_facts_sample": [{"chunk_id": c.chunk_id, "source": c.source, "heading": c.heading}
+                                        for c in none[:20]],
+    }
 
 
 def output_paths(ws: Workspace) -> dict[str, Path]:
@@ -364,28 +386,35 @@ class _Runner:
 
     # -- synthesis
     async def _synthesize(self, chunks: list[Any], n: int, dry_run: bool) -> list[Question]:
+        """Every chunk's atomic facts, each with ``n`` phrasings (one teacher call per chunk);
+        the coverage (facts per chunk, chunks with none) goes into the summary."""
+        max_facts = self.cfg.raft.synthesize_max_facts
         if dry_run:
             for c in chunks:
-                self.s.estimated_prompt_tokens += _estimate_tokens(synthesis_messages(c, n))
-                self.s.estimated_completion_tokens += 40 * n
-            self._synth_estimate = len(chunks) * n  # answered like the planned rows, before dedup
+                self.s.estimated_prompt_tokens += _estimate_tokens(synthesis_messages(c, n, max_facts))
+                self.s.estimated_completion_tokens += (40 * n + 40) * SYNTH_FACTS_ESTIMATE
+            self._synth_estimate = len(chunks) * n * SYNTH_FACTS_ESTIMATE  # answered like the planned rows
             return []
         out: list[tuple[str, list[Question]]] = []
+        failed: list[str] = []
         self._progress_start(len(chunks), "synthesize")
 
         async def one(c: Any) -> None:
-            reply = await self.ask_once("synth", synthesis_messages(c, n), synthesis_schema(n), SYNTH_PROMPT_VERSION,
-                                        60 * n + 40, f"synth:{c.chunk_id}")
-            if reply is not None:
-                got, rejected = questions_from_synthesis(c, reply.data, n)
-                for k, v in rejected.items():
-                    self.s.drop(k, v)
-                out.append((c.chunk_id, got))
+            reply = await self.ask_once("synth", synthesis_messages(c, n, max_facts), synthesis_schema(n, max_facts),
+                                        SYNTH_PROMPT_VERSION, (60 * n + 60) * max_facts, f"synth:{c.chunk_id}")
+            if reply is None:
+                failed.append(c.chunk_id)
+                return
+            got, rejected = questions_from_synthesis(c, reply.data, n, max_facts)
+            for k, v in rejected.items():
+                self.s.drop(k, v)
+            out.append((c.chunk_id, got))
 
         try:
             await self._all(one(c) for c in chunks)
         finally:
             self._progress_stop()
+        self.s.synth_coverage = synth_coverage(chunks, out, failed)
         # deterministic order whatever the completion order was
         return [q for _, got in sorted(out, key=lambda t: t[0]) for q in got]
 

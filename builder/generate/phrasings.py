@@ -120,7 +120,9 @@ def phrasings_from_reply(q: Question, data: dict[str, Any], n: int, taken: set[s
 
 def expandable(questions: Iterable[Question]) -> list[Question]:
     """The items the teacher rephrases: answerable training items in their own wording."""
-    return [q for q in questions if not q.held_out and not q.unanswerable and not q.extra.get("fact")]
+    # synthesized facts come with their phrasings already (one call per chunk wrote them)
+    return [q for q in questions if not q.held_out and not q.unanswerable and not q.extra.get("fact")
+            and not q.origin.startswith("synth:")]
 
 
 def _strings(v: Any) -> list[str]:

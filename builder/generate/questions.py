@@ -258,73 +258,113 @@ def load_questions(paths: Iterable[Path]) -> list[Question]:
 
 # ---------------------------------------------------------------- synthesis
 
-SYNTH_PROMPT_VERSION = "synth-v1"
+SYNTH_PROMPT_VERSION = "synth-v2"  # v2: the chunk's atomic facts, each with its answer and phrasings
+#: facts asked for per chunk at most (raft.synthesize_max_facts)
+SYNTH_MAX_FACTS = 12
 
 
-def synthesis_schema(n: int) -> dict[str, Any]:
+def synthesis_schema(n: int, max_facts: int = SYNTH_MAX_FACTS) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "questions": {
+            "facts": {
                 "type": "array",
-                "minItems": 1,
-                "maxItems": max(n, 1),
+                "maxItems": max(max_facts, 1),
                 "items": {
                     "type": "object",
                     "properties": {
-                        "question": {"type": "string", "minLength": 8},
+                        "fact": {"type": "string", "minLength": 8},
+                        "answer": {"type": "string", "minLength": 1},
+                        "questions": {"type": "array", "minItems": 1, "maxItems": max(n, 1),
+                                      "items": {"type": "string", "minLength": 8}},
                         "category": {"type": "string", "enum": list(SYNTH_CATEGORIES)},
                     },
-                    "required": ["question", "category"],
+                    "required": ["fact", "answer", "questions", "category"],
                 },
             }
         },
-        "required": ["questions"],
+        "required": ["facts"],
     }
 
 
-def synthesis_messages(chunk: Chunk, n: int) -> list[dict[str, str]]:
+def synthesis_messages(chunk: Chunk, n: int, max_facts: int = SYNTH_MAX_FACTS) -> list[dict[str, str]]:
     system = (
-        "You write questions that a user of a product would ask and that the given document "
-        "answers. Every question must be fully self-contained: name the product, command or "
-        "setting it is about, and never refer to 'the document', 'the passage', 'the text' or "
-        "'above'. Reply with JSON only."
+        "You write questions that a user of a product would ask, one fact at a time: you list "
+        "the atomic facts a document states (one value, name, limit, step or cause each) and "
+        "write questions whose answer is that fact. Every question must be fully "
+        "self-contained: name the product, command or setting it is about, and never refer to "
+        "'the document', 'the passage', 'the text' or 'above'. Reply with JSON only."
     )
     cats = ", ".join(SYNTH_CATEGORIES)
     user = (
         f"Document (from {chunk.source}, section '{chunk.heading}'):\n<document>\n{chunk.text.strip()}\n</document>\n\n"
-        f"Write {n} different questions answered by this document. Pick for each a category from: {cats}. "
-        'Reply as {"questions": [{"question": "...", "category": "..."}]}.'
+        f"List every atomic fact this document states, at most {max_facts}. For each: the fact as one "
+        "sentence; its short answer, copied word for word from the document (a value, name, number or "
+        f"short phrase); {n} differently worded questions that this fact answers; and a category from: {cats}. "
+        'Reply as {"facts": [{"fact": "...", "answer": "...", "questions": ["..."], "category": "..."}]}.'
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def questions_from_synthesis(chunk: Chunk, data: dict[str, Any], n: int) -> tuple[list[Question], dict[str, int]]:
-    """Validated questions from one synthesis reply, with counts of rejected ones by reason."""
+def questions_from_synthesis(chunk: Chunk, data: dict[str, Any], n: int,
+                             max_facts: int = SYNTH_MAX_FACTS) -> tuple[list[Question], dict[str, int]]:
+    """Questions from one synthesis reply: per fact one question (the fact's id) and its other
+    phrasings (``extra.fact`` = that id, as a question file's ``paraphrases:``), each with the
+    fact's answer and the chunk as oracle; counts of rejected facts and phrasings by reason.
+
+    A fact whose answer is not in the chunk (as whole words, normalised) is dropped: the
+    teacher invented or reworded it, and a closed-book row would teach it."""
+    from rag.evaluate.metrics import contains_words, normalize
+
     rejected: dict[str, int] = {}
+
+    def reject(reason: str) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+
     out: list[Question] = []
-    seen: set[str] = set()
-    for entry in (data.get("questions") or [])[:n]:
-        text = str(entry.get("question", "")).strip() if isinstance(entry, dict) else ""
-        if len(text) < 8:
-            rejected["synth_empty"] = rejected.get("synth_empty", 0) + 1
+    seen_q: set[str] = set()
+    seen_facts: set[str] = set()
+    chunk_text = normalize(f"{chunk.heading}\n{chunk.text}")
+    facts = data.get("facts") if isinstance(data, dict) else None
+    for entry in (facts if isinstance(facts, list) else [])[:max_facts]:
+        if not isinstance(entry, dict):
+            reject("synth_fact_malformed")
             continue
-        if not is_self_contained(text):
-            rejected["synth_not_self_contained"] = rejected.get("synth_not_self_contained", 0) + 1
+        fact, answer = str(entry.get("fact") or "").strip(), str(entry.get("answer") or "").strip()
+        if len(fact) < 8 or not answer:
+            reject("synth_fact_malformed")
             continue
-        key = " ".join(text.lower().split())
-        if key in seen:
-            rejected["synth_duplicate"] = rejected.get("synth_duplicate", 0) + 1
+        if phrasing_key(fact) in seen_facts:
+            reject("synth_fact_duplicate")
             continue
-        seen.add(key)
+        if not contains_words(chunk_text, normalize(answer)):
+            reject("synth_answer_not_in_chunk")
+            continue
+        phrasings: list[str] = []
+        given = entry.get("questions")
+        for text in (given if isinstance(given, list) else [])[:n]:
+            text = str(text).strip()
+            if len(text) < 8:
+                reject("synth_empty")
+            elif not is_self_contained(text):
+                reject("synth_not_self_contained")
+            elif phrasing_key(text) in seen_q:
+                reject("synth_duplicate")
+            else:
+                seen_q.add(phrasing_key(text))
+                phrasings.append(text)
+        if not phrasings:
+            reject("synth_fact_without_question")
+            continue
+        seen_facts.add(phrasing_key(fact))
         cat = str(entry.get("category") or "facts")
-        out.append(
-            Question(
-                id=question_id(chunk.chunk_id + "\n" + text, prefix="s"),
-                question=text,
-                category=cat if cat in SYNTH_CATEGORIES else "facts",
-                origin=f"synth:{chunk.chunk_id}",
-                oracle_chunk_ids=[chunk.chunk_id],
-            )
-        )
+        base = Question(id=question_id(chunk.chunk_id + "\n" + fact, prefix="s"), question=phrasings[0], answer=answer,
+                        category=cat if cat in SYNTH_CATEGORIES else "facts", origin=f"synth:{chunk.chunk_id}",
+                        oracle_chunk_ids=[chunk.chunk_id], extra={"synth_fact": fact})
+        out.append(base)
+        for text in phrasings[1:]:
+            key = hashlib.sha256(phrasing_key(text).encode("utf-8")).hexdigest()[:8]
+            out.append(Question(id=f"{base.id}~{key}", question=text, answer=answer, category=base.category,
+                                origin=base.origin, oracle_chunk_ids=[chunk.chunk_id],
+                                extra={"synth_fact": fact, "fact": base.id, "phrasing_of": base.id}))
     return out, rejected

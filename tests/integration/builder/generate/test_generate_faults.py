@@ -299,11 +299,21 @@ def test_synthesized_questions_mix_with_question_files(sample_workspace: Path) -
         # refusal rows have a fixed reply: no teacher call for them
         assert s.refusal_rows == 6 and len(synth_requests) == s.calls - (len(rows) - s.refusal_rows)
         for r in synth[:10]:
-            heading = r["meta"]["question"].split("about ", 1)[1].split(" (point")[0]
+            heading = r["meta"]["question"].split("about ", 1)[1].split(" (fact")[0]
             oracle_id = r["meta"]["oracle_chunk_ids"][0]
             assert r["meta"]["source_sha256"][oracle_id]
             assert any(f"section '{heading}'" in q["body"]["messages"][1]["content"] for q in synth_requests)
         assert s.dropped.get("near_duplicate", 0) >= 0 and len({r["meta"]["id"] for r in rows}) == len(rows)
+        # coverage, per fact: every chunk was asked for its facts; the double gives two facts per
+        # chunk with two usable lines, fewer for shorter chunks, and the report counts them
+        cov = s.synth_coverage
+        assert cov["chunks"] == len(synth_requests) > 10 and cov["teacher_failed"] == 0
+        assert cov["chunks_with_facts"] + cov["chunks_without_facts"] == cov["chunks"]
+        assert 0 < cov["facts"] <= 2 * cov["chunks"] and cov["facts_per_chunk"]["max"] == 2
+        assert len(cov["chunks_without_facts_sample"]) == min(20, cov["chunks_without_facts"])
+        # each synthesized fact carries its short answer, which its chunk holds
+        for r in synth[:10]:
+            assert r["meta"]["answer"] and r["meta"]["oracle_chunk_ids"]
 
 
 def test_redaction_before_sending_and_restore_after(sample_workspace: Path) -> None:

@@ -105,3 +105,45 @@ def test_phrasings_through_a_real_llama_cpp_server(sample_workspace: Path, llama
     assert made + rejected >= 1 or s.dropped.get("invalid_json", 0) >= 1, s.dropped
     s2 = run_generate(load_workspace(cfg), quality_retries=0)
     assert s2.calls == 0
+
+
+TINY_DOC = """# Heron gateway
+
+## Ports
+
+The Heron gateway listens on TCP port 6620 for telemetry. Its admin page is on port 6621.
+
+## Maintenance
+
+Replace the Heron air filter every 90 days. The battery lasts 7 years.
+"""
+
+
+def test_fact_synthesis_through_a_real_llama_cpp_server(tmp_path: Path, llama_server: str) -> None:  # noqa: F811
+    """One schema-constrained call per chunk to the real server; what SmolLM2 writes is checked
+    against its chunk and counted per fact; a rerun repeats no call."""
+    from builder.generate.engine import run_generate
+    from rag.config import init_workspace, load_workspace
+    from rag.ingest.pipeline import ingest
+
+    ws = init_workspace(tmp_path / "ws", corpus_name="heron")
+    for f in (ws.root / "docs").iterdir():
+        f.unlink()
+    (ws.root / "docs" / "heron.md").write_text(TINY_DOC)
+    for f in (ws.root / "domain_questions").glob("*.yaml"):
+        f.unlink()
+    ingest(ws)
+    _set(ws.config_path, teacher={"provider": "openai-compatible", "base_url": llama_server, "model": "smollm2",
+                                  "max_tokens": 300, "concurrency": 2, "max_retries": 1, "temperature": 0.0,
+                                  "local_only": True},
+         raft={"synthesize_max_facts": 3, "paraphrases": 0})
+    s = run_generate(load_workspace(ws.config_path), synthesize=2, quality_retries=0)
+    cov = s.synth_coverage
+    assert cov["chunks"] >= 2 and s.calls >= cov["chunks"]  # one synthesis call per chunk, then the answers
+    assert cov["chunks_with_facts"] + cov["chunks_without_facts"] == cov["chunks"]
+    kept = cov["facts"]
+    rejected = sum(v for k, v in s.dropped.items() if k.startswith("synth_"))
+    # whatever SmolLM2 wrote went through the checks: kept as facts of its chunk, or counted
+    assert kept + rejected + cov["teacher_failed"] + s.dropped.get("invalid_json", 0) >= 1, (cov, s.dropped)
+    again = run_generate(load_workspace(ws.config_path), synthesize=2, quality_retries=0)
+    assert again.calls == 0 and again.synth_coverage["facts"] == kept

@@ -105,18 +105,36 @@ def test_synthesized_questions_must_be_self_contained() -> None:
     assert not is_self_contained("According to the passage, what is X?")
     assert not is_self_contained("Summarize the text above.")
     assert is_self_contained("Which TCP port does the Kestrel KX-7 relay use?")
-    c = Chunk("c1", "d.md", "H", 1, 2, "text")
-    data = {"questions": [
-        {"question": "Which port does the Kestrel relay use?", "category": "facts"},
-        {"question": "What does the passage describe?", "category": "facts"},
-        {"question": "which port does the kestrel relay use?", "category": "facts"},
-        {"question": "?", "category": "facts"},
-        {"question": "How do I rotate the uplink key on a KX-7?", "category": "weird"},
+    c = Chunk("c1", "d.md", "Ports", 1, 2, "The Kestrel relay listens on TCP port 7431. Replace the fan filter every "
+              "six months. The uplink key rotates daily.")
+    data = {"facts": [
+        {"fact": "The relay listens on TCP port 7431.", "answer": "7431", "category": "facts", "questions": [
+            "Which port does the Kestrel relay use?", "What does the passage describe?",
+            "which port does the kestrel relay use?", "?", "On which TCP port does a Kestrel relay listen?"]},
+        {"fact": "The fan filter is replaced every six months.", "answer": "every six months", "category": "weird",
+         "questions": ["How often is the Kestrel fan filter replaced?"]},
+        {"fact": "The relay listens on TCP port 7431", "answer": "7431", "category": "facts",
+         "questions": ["What port is the Kestrel relay's listener on?"]},  # the same fact again
+        {"fact": "The relay speaks MQTT over port 1883.", "answer": "1883", "category": "facts",
+         "questions": ["Which MQTT port does the Kestrel relay use?"]},  # not in the chunk: invented
+        {"fact": "The uplink key rotates daily.", "answer": "daily", "category": "facts",
+         "questions": ["Summarize the text above."]},  # no usable question
+        "not an object",
     ]}
     qs, rejected = questions_from_synthesis(c, data, 5)
-    assert [q.question for q in qs] == ["Which port does the Kestrel relay use?", "How do I rotate the uplink key on a KX-7?"]
-    assert qs[1].category == "facts" and qs[0].oracle_chunk_ids == ["c1"]
-    assert rejected == {"synth_not_self_contained": 1, "synth_duplicate": 1, "synth_empty": 1}
+    assert [q.question for q in qs] == ["Which port does the Kestrel relay use?",
+                                        "On which TCP port does a Kestrel relay listen?",
+                                        "How often is the Kestrel fan filter replaced?"]
+    port, port2, fan = qs
+    # one fact = one id; its other phrasing points at it, as a question file's paraphrases do
+    assert port.answer == port2.answer == "7431" and port2.extra["fact"] == port.id and "fact" not in port.extra
+    assert port2.id.startswith(port.id + "~") and fan.category == "facts" and fan.answer == "every six months"
+    assert all(q.oracle_chunk_ids == ["c1"] and q.origin == "synth:c1" for q in qs)
+    assert rejected == {"synth_not_self_contained": 2, "synth_duplicate": 1, "synth_empty": 1,
+                        "synth_fact_duplicate": 1, "synth_answer_not_in_chunk": 1, "synth_fact_without_question": 1,
+                        "synth_fact_malformed": 1}
+    assert questions_from_synthesis(c, {"facts": data["facts"]}, 5, max_facts=1)[0][:1] == qs[:1]
+    assert questions_from_synthesis(c, {"questions": []}, 3) == ([], {})  # an empty or old-style reply
 
 
 # ---------------------------------------------------------------- jsonl
