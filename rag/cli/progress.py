@@ -1,6 +1,7 @@
 """The command line's rendering of the progress contract (:mod:`rag.progress`): a rich bar.
 
-Bars go to stderr, so ``--json`` output on stdout stays clean. Events with a total move one
+Bars go to stderr, so ``--json`` output on stdout stays clean. A counted bar shows done/total,
+the rate (items per second: chunks/s while ingest embeds) and the time remaining. Events with a total move one
 bar whose description is the event's label; events without a total (stages) are printed as
 lines, as export's stages always were.
 """
@@ -12,6 +13,26 @@ from collections.abc import Iterator
 from typing import Any
 
 from rag.progress import Progress
+
+
+def rate_text(speed: float | None) -> str:
+    """Items per second as the bar shows it ('' until rich has measured a speed)."""
+    if not speed:
+        return ""
+    return f"{speed:.1f}/s" if speed < 100 else f"{speed:,.0f}/s"
+
+
+def _rate_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second (chunks/s while ingest embeds, rows/s while generate answers)."""
+
+        def render(self, task: Any) -> Text:
+            return Text(rate_text(task.speed), style="progress.data.speed")
+
+    return RateColumn()
 
 
 @contextlib.contextmanager
@@ -35,7 +56,8 @@ def progress_bar(enabled: bool = True, *, unit: str = "items") -> Iterator[Progr
     from rich.progress import Progress as RichProgress
 
     console = Console(stderr=True)
-    counts: list[Any] = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+    counts: list[Any] = ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes"
+                         else [MofNCompleteColumn(), _rate_column()])
     with RichProgress(TextColumn("{task.description}"), BarColumn(), *counts, TimeRemainingColumn(),
                       console=console, transient=True) as bar:
         task = bar.add_task("", total=None, visible=False)

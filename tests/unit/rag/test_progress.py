@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rag.progress import counter, emit
 
 
@@ -33,3 +35,27 @@ def test_bundle_verify_emits_byte_events(tmp_path: Path) -> None:
     verify_bundle(bundle, progress=lambda d, t, label: events.append((d, t, label)))
     size = bundle.stat().st_size
     assert events[0] == (0, size, "verifying") and all(t == size and label == "verifying" for _, t, label in events)
+
+
+def test_the_bar_shows_the_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A counted bar draws done/total, items per second and the time remaining (to stderr)."""
+    import io
+    import time
+
+    import rich.console
+
+    from rag.cli.progress import progress_bar, rate_text
+
+    assert rate_text(None) == "" and rate_text(0.0) == ""
+    assert rate_text(12.345) == "12.3/s" and rate_text(2500.0) == "2,500/s"
+    buf = io.StringIO()
+    real = rich.console.Console
+    monkeypatch.setattr(rich.console, "Console", lambda **kw: real(file=buf, force_terminal=True, width=120))
+    with progress_bar(True) as show:
+        assert show is not None
+        for i in range(1, 6):
+            show(i * 10, 100, "embedding chunks")
+            time.sleep(0.05)
+        drawn = buf.getvalue()
+    assert "embedding chunks" in drawn and "50/100" in drawn
+    assert "/s" in drawn and "0:00:" in drawn  # the rate, then the time remaining
