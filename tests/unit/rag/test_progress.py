@@ -40,6 +40,7 @@ def test_bundle_verify_emits_byte_events(tmp_path: Path) -> None:
 def test_the_bar_shows_the_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
     """A counted bar draws done/total, items per second and the time remaining (to stderr)."""
     import io
+    import re
     import time
 
     import rich.console
@@ -56,6 +57,6 @@ def test_the_bar_shows_the_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -
         for i in range(1, 6):
             show(i * 10, 100, "embedding chunks")
             time.sleep(0.05)
-        drawn = buf.getvalue()
+    drawn = buf.getvalue()  # the bar draws its last state when it stops (then clears it)
     assert "embedding chunks" in drawn and "50/100" in drawn
-    assert "/s" in drawn and "0:00:" in drawn  # the rate, then the time remaining
+    assert re.search(r"\d/s", drawn) and "0:00:" in drawn  # the rate, then the time remaining
