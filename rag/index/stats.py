@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag.errors import IndexStoreError
 from rag.index.store import DB_NAME, FAISS_NAME, META_NAME, VECTOR_DTYPES, IndexStore
 
@@ -57,7 +59,7 @@ def index_stats(index_dir: Path, measure_ram: bool = True) -> dict[str, Any]:
             "index": str(index_dir), "chunks": chunks, "documents": documents, "documents_without_chunks": empty,
             "embedding_model": store.get_meta("embedding_model"), "dim": dim,
             "vector_dtype": store.vector_dtype,
-            "vector_bytes_per_chunk": dim * int(VECTOR_DTYPES[store.vector_dtype][-1]),
+            "vector_bytes_per_chunk": dim * np.dtype(VECTOR_DTYPES[store.vector_dtype]).itemsize,
             "format": store.get_meta("schema_version"), "generation": store.get_meta("generation"),
         }
     finally:

@@ -39,7 +39,6 @@ LOCK_NAME = ".lock"
 #: older raftsmith refuses a format-3 one instead of misreading its vectors.
 SCHEMA_VERSION = 3
 MIN_SCHEMA_VERSION = 2  # older indexes are rebuilt from the documents (ingest --rebuild)
-FORMAT = f"raftsmith-index/{SCHEMA_VERSION}"
 HNSW_THRESHOLD = 50_000
 
 _SCHEMA = """
