@@ -58,6 +58,10 @@ class CorpusConfig(Section):
                     "page past this (a decompression bomb, a huge vector drawing) skips the file before pypdf parses it.")
     chunk_tokens: int = Field(256, ge=32, le=8192, description="Token budget per chunk (embedding tokenizer).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared between neighbouring chunks of one section.")
+    commit_every: int = Field(
+        2048, ge=1, description="Chunks per committed batch while ingesting: memory stays bounded by one batch, "
+        "and an ingest that is stopped (killed, out of power) keeps every committed batch; run 'raftsmith ingest' "
+        "again to go on from there. A corpus below this is one transaction.")
     redact: bool = Field(
         False, description="Mask secrets found in documents (API key shapes, keys held in this machine's "
                            "environment or keyring) in the stored chunk text. Off: ingest only warns, naming the "

@@ -18,7 +18,9 @@ from rag.index.fusion import RRF_K, aggregate_groups, limit_per_group, rrf_fuse,
 from rag.index.store import (
     CHUNK_COLS,
     IndexStore,
+    StoreVectors,
     build_faiss,
+    build_faiss_from,
     load_faiss,
     search_vectors,
     set_search_params,
@@ -104,9 +106,9 @@ class Retriever:
                 self._faiss, meta = loaded
             else:
                 log.warning("FAISS index in %s is missing or stale; rebuilding it in memory", self.index_dir)
-                ids, vecs = self.store.all_vectors()
-                dim = vecs.shape[1] if len(ids) else int(self.store.get_meta("dim") or 384)
-                self._faiss = build_faiss(ids, vecs, self.store.get_meta("faiss_kind") or "flat", dim)
+                source = StoreVectors(self.store)
+                dim = source.dim or int(self.store.get_meta("dim") or 384)
+                self._faiss = build_faiss_from(source, self.store.get_meta("faiss_kind") or "flat", dim)
                 if loaded is not None:
                     meta = {"search": loaded[1].get("search") or {}}
             set_search_params(self._faiss, meta)

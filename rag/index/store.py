@@ -222,6 +222,11 @@ class IndexStore:
                                   "upgrade raftsmith, or run 'raftsmith ingest --rebuild'.")
         return stored
 
+    @property
+    def newest_format(self) -> bool:
+        """Whether this store has this raftsmith's schema and vector dtype (else reset() gives it them)."""
+        return self.get_meta("schema_version") == str(SCHEMA_VERSION) and self.vector_dtype == NEW_VECTOR_DTYPE
+
     def reset(self) -> None:
         """Empty the index and give it this version's schema (inside the caller's transaction:
         a rebuild that fails leaves the old index as it was)."""
@@ -356,22 +361,28 @@ class IndexStore:
         return out
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, float32 vector), ascending by id, in memory (small indexes and tests; the
+        ingest and the in-memory rebuild read blocks through :class:`StoreVectors`)."""
         import numpy as np
 
-        ids: list[int] = []
-        blobs: list[bytes] = []
-        for i, blob in self.con.execute("SELECT id, vector FROM chunks ORDER BY id"):
-            ids.append(int(i))
-            blobs.append(blob)
-        if not ids:
+        rows = self.con.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
+        if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return self.decode_block(rows)
+
+    def decode_block(self, rows: list[tuple[int, bytes]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 matrix) of ``(id, blob)`` rows whose blobs must all be ``width`` bytes
+        (default: the first one's)."""
+        import numpy as np
+
         dtype = np.dtype(VECTOR_DTYPES[self.vector_dtype])
-        joined = b"".join(blobs)
-        if len(joined) != len(blobs) * len(blobs[0]) or len(blobs[0]) % dtype.itemsize:
+        width = width or len(rows[0][1])
+        joined = b"".join(blob for _, blob in rows)
+        if len(joined) != len(rows) * width or width % dtype.itemsize:
             raise IndexStoreError(f"The vectors in {self.db_path} do not all have one size (an index written by "
                                   f"two raftsmith versions?). {REBUILD_HINT}")
-        mat = np.frombuffer(joined, dtype=dtype).reshape(len(ids), -1).astype(np.float32)
-        return np.asarray(ids, dtype=np.int64), mat
+        mat = np.frombuffer(joined, dtype=dtype).reshape(len(rows), -1).astype(np.float32)
+        return np.asarray([int(i) for i, _ in rows], dtype=np.int64), mat
 
     def bm25(self, query: str, limit: int) -> list[tuple[int, float]]:
         """(row id, score) best first; score = -bm25 so higher is better."""
@@ -398,6 +409,79 @@ PQ_BYTES = 48
 RESCORE_DEPTH = 100
 #: most vectors the IVF-PQ coarse quantizer and codebooks are trained on (a random sample)
 TRAIN_SAMPLE = 100_000
+
+
+#: vectors read from SQLite (or an array) per block while an index is built or calibrated
+BLOCK = 65_536
+
+
+class ArrayVectors:
+    """Vectors in memory, seen the way an index build reads them (see :class:`StoreVectors`)."""
+
+    def __init__(self, ids: np.ndarray, vecs: np.ndarray):
+        import numpy as np
+
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.vecs = vecs
+        self.dim = int(vecs.shape[1]) if len(self.ids) else 0
+        self._row_of: dict[int, int] | None = None
+
+    def blocks(self, size: int = BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        import numpy as np
+
+        for start in range(0, len(self.ids), size):
+            yield self.ids[start:start + size], np.asarray(self.vecs[start:start + size], dtype=np.float32)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The vectors at ``positions`` (indexes into ``ids``), float32, in that order."""
+        import numpy as np
+
+        return np.asarray(self.vecs[positions], dtype=np.float32)
+
+    def by_ids(self, ids: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if self._row_of is None:
+            self._row_of = {int(i): r for r, i in enumerate(self.ids)}
+        return np.asarray(self.vecs[[self._row_of[int(i)] for i in ids]], dtype=np.float32)
+
+
+class StoreVectors(ArrayVectors):
+    """The store's vectors, read ``BLOCK`` rows at a time: building or calibrating an index over
+    them holds the id list, the index itself and one block, never a second copy of every vector."""
+
+    def __init__(self, store: IndexStore):
+        import numpy as np
+
+        self.store = store
+        self.ids = np.fromiter((r[0] for r in store.con.execute("SELECT id FROM chunks ORDER BY id")), dtype=np.int64)
+        first = store.con.execute("SELECT length(vector) FROM chunks ORDER BY id LIMIT 1").fetchone()
+        self.width = int(first[0]) if first else 0
+        self.dim = self.width // np.dtype(VECTOR_DTYPES[store.vector_dtype]).itemsize
+        self._row_of = None
+
+    def blocks(self, size: int = BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = -1
+        while True:
+            rows = self.store.con.execute("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
+                                          (last, size)).fetchall()
+            if not rows:
+                return
+            ids, mat = self.store.decode_block(rows, self.width)
+            yield ids, mat
+            last = int(ids[-1])
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        return self.by_ids(self.ids[positions])
+
+    def by_ids(self, ids: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        wanted = [int(i) for i in ids]
+        found = self.store.vectors_for_ids(wanted)
+        if len(found) != len(set(wanted)):
+            raise IndexStoreError(f"The index at {self.store.index_dir} changed while it was read; run the command again.")
+        return np.stack([found[i] for i in wanted]).astype(np.float32, copy=False)
 
 
 def resident_bytes(kind: str, n: int, dim: int) -> int:
@@ -440,30 +524,50 @@ def _pq_m(dim: int) -> int:
 
 def build_faiss(ids: np.ndarray, vecs: np.ndarray, kind: str, dim: int,
                 memory_budget_mb: float | None = None, seed: int = 0) -> Any:
+    """A FAISS index of ``kind`` over vectors held in memory (see :func:`build_faiss_from`)."""
+    return build_faiss_from(ArrayVectors(ids, vecs), kind, dim, memory_budget_mb, seed)
+
+
+def training_sample(source: ArrayVectors, take: int, seed: int = 0) -> np.ndarray:
+    """At most ``take`` of ``source``'s vectors drawn at random (all of them when fewer)."""
+    import numpy as np
+
+    n = len(source.ids)
+    if take >= n:
+        return np.ascontiguousarray(np.concatenate([m for _, m in source.blocks()]) if n else
+                                    np.zeros((0, source.dim), dtype=np.float32), dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=take, replace=False))
+    return np.ascontiguousarray(source.rows(rows), dtype=np.float32)
+
+
+def build_faiss_from(source: ArrayVectors, kind: str, dim: int, memory_budget_mb: float | None = None,
+                     seed: int = 0) -> Any:
+    """A FAISS index of ``kind`` (auto: by size and budget) over ``source``: the IVF kinds are
+    trained on a sample, then every vector is added a block at a time."""
     import faiss
     import numpy as np
 
-    kind = choose_kind(kind, len(ids), dim, memory_budget_mb)
+    n = len(source.ids)
+    kind = choose_kind(kind, n, dim, memory_budget_mb)
     index: Any
     if kind == "hnsw":
         base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = 100
         base.hnsw.efSearch = 128
         index = faiss.IndexIDMap(base)
-    elif kind == "ivf" and len(ids) >= 64:
-        nlist = max(1, min(int(4 * np.sqrt(len(ids))), len(ids) // 39))
+    elif kind == "ivf" and n >= 64:
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vecs)
+        index.train(training_sample(source, max(TRAIN_SAMPLE, 39 * nlist), seed))
         index.nprobe = min(nlist, 16)
-    elif kind == "ivfpq" and len(ids) >= 256 * 39:
-        index = train_ivfpq(vecs, dim, len(ids), seed=seed)
+    elif kind == "ivfpq" and n >= 256 * 39:
+        take = min(n, max(TRAIN_SAMPLE, 39 * ivf_nlist(n)))
+        index = train_ivfpq(training_sample(source, take, seed), dim, n, seed=seed)
     else:
         index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-    if len(ids):
-        for start in range(0, len(ids), 200_000):
-            index.add_with_ids(np.ascontiguousarray(vecs[start:start + 200_000], dtype=np.float32),
-                               np.ascontiguousarray(ids[start:start + 200_000], dtype=np.int64))
+    for ids, mat in source.blocks():
+        index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return index
 
 
@@ -541,31 +645,34 @@ def search_vectors(index: Any, queries: np.ndarray, k: int,
 
 def calibrate(index: Any, vecs: np.ndarray, ids: np.ndarray, target: float, k: int = 10,
               n_queries: int = 200, seed: int = 1) -> dict[str, Any]:
+    """:func:`calibrate_from` over vectors held in memory."""
+    return calibrate_from(index, ArrayVectors(ids, vecs), target, k, n_queries, seed)
+
+
+def calibrate_from(index: Any, source: ArrayVectors, target: float, k: int = 10,
+                   n_queries: int = 200, seed: int = 1) -> dict[str, Any]:
     """The smallest nprobe / efSearch whose recall@k against exact (flat) search reaches
     ``target`` on held-out queries; sets it on ``index`` and returns what meta.json records.
 
     The queries are stored vectors moved off their point (gaussian noise of norm ~1, then normalized), so
     they sit among the chunks as real queries do without being one; exact search is a brute
-    force over ``vecs``. An IVF-PQ index is measured as the Retriever searches it: candidates
-    rescored with the exact vectors."""
+    force over ``source``, a block at a time. An IVF-PQ index is measured as the Retriever
+    searches it: candidates rescored with the exact vectors."""
     import numpy as np
 
     kind = index_kind(index)
     if kind not in ("hnsw", "ivf", "ivfpq") or index.ntotal <= k:
         return {}
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
+    picks = rng.choice(len(source.ids), size=min(n_queries, len(source.ids)), replace=False)
     # noise of norm ~1: cosine ~0.7 to the chunk it came from, as far as real questions lie from
     # their answers with MiniLM (0.74-0.83 measured on the Kestrel facts); closer queries made
     # nprobe too small for real ones
-    noise = rng.standard_normal((len(picks), vecs.shape[1])).astype(np.float32) / np.sqrt(vecs.shape[1])
-    q = vecs[picks].astype(np.float32) + noise
+    noise = rng.standard_normal((len(picks), source.dim)).astype(np.float32) / np.sqrt(source.dim)
+    q = source.rows(picks) + noise
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    truth = exact_top_k(vecs, ids, q, k)
-    row_of = {int(i): r for r, i in enumerate(ids)} if kind == "ivfpq" else {}
-
-    def exact(cand: np.ndarray) -> np.ndarray:
-        return vecs[[row_of[int(i)] for i in cand]].astype(np.float32)
+    truth = top_k_over(source.blocks(), q, k)
+    exact = source.by_ids if kind == "ivfpq" else None
 
     inner = _inner(index)
     if kind == "hnsw":
@@ -577,7 +684,7 @@ def calibrate(index: Any, vecs: np.ndarray, ids: np.ndarray, target: float, k: i
     chosen, recall = values[-1], 0.0
     for v in values:
         apply_search_params(index, {name: v})
-        _, got = search_vectors(index, q, k, exact if kind == "ivfpq" else None)
+        _, got = search_vectors(index, q, k, exact)
         recall = float(np.mean([len(set(g[g >= 0].tolist()) & set(t.tolist())) / k for g, t in zip(got, truth, strict=True)]))
         tried[str(v)] = round(recall, 4)
         if recall >= target:
@@ -590,15 +697,19 @@ def calibrate(index: Any, vecs: np.ndarray, ids: np.ndarray, target: float, k: i
 
 def exact_top_k(vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Ids of the exact top ``k`` inner products, best first, in blocks (never a full score matrix)."""
+    return top_k_over(ArrayVectors(ids, vecs).blocks(262_144), queries, k)
+
+
+def top_k_over(blocks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top ``k`` inner products over ``(ids, vectors)`` blocks, best first."""
     import numpy as np
 
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(vecs), 262_144):
-        block = np.asarray(vecs[start:start + 262_144], dtype=np.float32)
-        s = queries @ block.T
+    for block_ids, block in blocks:
+        s = queries @ np.asarray(block, dtype=np.float32).T
         s_all = np.concatenate([best_s, s], axis=1)
-        i_all = np.concatenate([best_i, np.broadcast_to(ids[start:start + len(block)], s.shape)], axis=1)
+        i_all = np.concatenate([best_i, np.broadcast_to(block_ids, s.shape)], axis=1)
         top = np.argpartition(-s_all, k - 1, axis=1)[:, :k]
         best_s = np.take_along_axis(s_all, top, axis=1)
         best_i = np.take_along_axis(i_all, top, axis=1)
@@ -612,6 +723,15 @@ def save_faiss(index_dir: Path, index: Any, meta: dict[str, Any]) -> None:
     with atomic_path(index_dir / FAISS_NAME) as tmp:
         faiss.write_index(index, str(tmp))
     atomic_write(index_dir / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def saved_meta(index_dir: Path) -> dict[str, Any] | None:
+    """meta.json of the saved FAISS index (its generation, kind, search parameters), or None."""
+    try:
+        meta = json.loads((index_dir / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def load_faiss(index_dir: Path) -> tuple[Any, dict[str, Any]] | None:

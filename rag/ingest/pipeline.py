@@ -12,6 +12,7 @@ the ingest state (_Ingestor); splitting them would pass that state through every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -23,13 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from rag.errors import IngestError
 from rag.index.store import (
+    BLOCK,
+    FAISS_NAME,
     ChunkRow,
     IndexStore,
-    build_faiss,
-    calibrate,
+    StoreVectors,
+    build_faiss_from,
+    calibrate_from,
     choose_kind,
     load_faiss,
     save_faiss,
+    saved_meta,
     writer_lock,
 )
 from rag.ingest.chunker import Chunker, ChunkSpec
@@ -37,7 +42,7 @@ from rag.ingest.context import CONTEXT_VERSION, add_context, embed_text
 from rag.ingest.parsers import SkipFile, TextLimits, kind_for, parse_bytes
 from rag.ingest.reading import read_regular
 from rag.ingest.secret_scan import scan_chunks
-from rag.progress import Progress, counter
+from rag.progress import Progress, emit
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,6 +72,7 @@ class IngestReport:
     embeddings_computed: int = 0
     total_chunks: int = 0
     total_documents: int = 0
+    resumed: bool = False  # went on from an earlier ingest that was stopped
     seconds: float = 0.0
     index_dir: str = ""
 
@@ -166,6 +172,15 @@ class _Ingestor:
             self._embedder = load_embedder(self.cfg.embedding, self.ws.root)
         return self._embedder
 
+    def release(self) -> None:
+        """Let the embedding model's memory go (the FAISS build that follows does not need it)."""
+        if self._embedder is not None:
+            import gc
+
+            self._embedder = None
+            self._chunker = None
+            gc.collect()
+
     @property
     def chunker(self) -> Chunker:
         if self._chunker is None:
@@ -223,7 +238,13 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
            progress: Progress | None = None, rebuild: bool = False) -> IngestReport:
     """Ingest ``paths`` (default: corpus.paths). ``rebuild`` re-reads and re-embeds every
     document from scratch (also done by itself when the model, the chunking or the index format
-    changed); documents not among ``paths`` then leave the index, with a warning each."""
+    changed); documents not among ``paths`` then leave the index, with a warning each.
+
+    Files are read, chunked and embedded in batches of about ``corpus.commit_every`` chunks,
+    each committed in its own transaction: memory is bounded by one batch, and an ingest that
+    is stopped keeps what it committed. The next ingest goes on from there (a committed
+    document is unchanged, so nothing in it is embedded again) and brings index.faiss up to
+    date at the end."""
     t0 = time.perf_counter()
     report = IngestReport(index_dir=str(ws.index_dir))
     paths = list(paths) if paths else list(ws.config.corpus.paths)
@@ -239,122 +260,37 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     with writer_lock(ws.index_dir):
         store = IndexStore(ws.index_dir)
         try:
-            reset = rebuild or store.outdated  # the old rows go, and the schema is made anew
             family = vector_family(ws.config.embedding.backend)
-            rebuild = (reset or store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
-                       or (store.get_meta("embedding_vectors") or "float") != family
-                       or store.get_meta("chunking") not in (None, chunking_sig))
+            model_changed = (store.get_meta("embedding_model") not in (None, ws.config.embedding.model)
+                             or (store.get_meta("embedding_vectors") or "float") != family)
+            chunking_changed = store.get_meta("chunking") not in (None, chunking_sig)
+            # the old rows go and the schema is made anew: other vectors cannot share the new index
+            reset = store.outdated or model_changed or (rebuild and not store.newest_format)
             if store.outdated:
                 log.warning("the index has an older format: rebuilding it from the documents")
-            elif rebuild and not reset:
+            elif (model_changed or chunking_changed) and not rebuild:
                 log.warning("embedding model or chunking changed: re-embedding every document")
+            # every document is read again; without a reset, stored chunks of the same text keep their vectors
+            rebuild = rebuild or reset or chunking_changed
+            run = _Run(ws, store, ing, report, reset=reset, rebuild=rebuild, family=family,
+                       chunking_sig=chunking_sig)
             results: list[FileResult] = []
             cands = ing.candidates(paths, results)
-            # 1. read, hash, parse, chunk (cheap; no model unless something changed)
-            todo: list[tuple[_Candidate, FileResult, str, float | None, int, list[ChunkSpec]]] = []
-            failed: list[tuple[_Candidate, FileResult]] = []
+            run.begin(cands)
             for c in cands:
                 res = FileResult(c.source, "ok")
                 results.append(res)
-                try:
-                    assert c.path is not None
-                    data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
-                    mtime = c.mtime if c.mtime is not None else st.st_mtime
-                    sha = hashlib.sha256(data).hexdigest()
-                    old = store.document(c.source)
-                    if old and old["sha256"] == sha and not rebuild and old["status"] != "error":
-                        res.status, res.reason = old["status"], old["reason"]
-                        res.action, res.chunks = "unchanged", int(old["n_chunks"])
-                        continue
-                    doc = parse_bytes(data, c.kind, c.path.name, limits)
-                    del data
-                    specs = ing.chunker.chunk(doc, c.source)
-                    specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
-                    if not specs:
-                        raise SkipFile("no text to index")
-                    specs = add_context(specs, doc.title, ing.embedder.count_tokens, ing.embedder.max_tokens - 2)
-                    if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
-                        res.reason = "; ".join(doc.warnings)
-                        log.warning("%s: %s", c.source, res.reason)
-                    res.action = "updated" if old and old["n_chunks"] else "added"
-                    todo.append((c, res, sha, mtime, st.st_size, specs))
-                except SkipFile as why:
-                    res.status, res.reason = "skipped", str(why)
-                    failed.append((c, res))
-                except IngestError as err:
-                    res.status, res.reason = "error", str(err)
-                    failed.append((c, res))
-                except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
-                    log.debug("failed on %s", c.source, exc_info=True)
-                    res.status, res.reason = "error", f"{type(err).__name__}: {err}"
-                    failed.append((c, res))
-            # 2. embed what is new (vectors of unchanged chunk texts are reused)
-            vectors = _embed_all(ing, store, todo, report)
-            # 3. write: one transaction for the whole batch
-            new_ids: list[int] = []
-            old_generation = int(store.get_meta("generation") or 0)
-            store.con.execute("BEGIN IMMEDIATE")
-            try:
-                if reset:
-                    kept = {c.source for c, *_ in todo} | {c.source for c, _ in failed}
-                    for src in store.sources():
-                        if src not in kept:
-                            log.warning("dropping %s from the index (re-ingest it with the new settings)", src)
-                    report.chunks_removed += store.count_chunks()
-                    store.reset()
-                for c, res, sha, file_mtime, size, specs in todo:
-                    report.chunks_removed += store.delete_chunks(c.source)
-                    rows = [(ChunkRow(s.chunk_id, c.source, s.heading, s.start_line, s.end_line, s.page,
-                                      s.byte_start, s.byte_end, s.text, s.n_tokens, ing.embed_sha(s),
-                                      s.context),
-                             vectors[ing.embed_sha(s)]) for s in specs]
-                    added_ids = store.insert_chunks(rows)
-                    new_ids.extend(added_ids)
-                    report.chunks_added += len(added_ids)
-                    res.chunks = len(specs)
-                    store.put_document(c.source, sha256=sha, mtime=file_mtime, size=size, kind=c.kind,
-                                       status="ok", reason=res.reason, n_chunks=len(specs))
-                for c, res in failed:  # stale chunks of a file that no longer reads leave the index
-                    report.chunks_removed += store.delete_chunks(c.source)
-                    store.put_document(c.source, sha256=None, mtime=None, size=None, kind=c.kind,
-                                       status=res.status, reason=res.reason, n_chunks=0)
-                if rebuild:  # vectors from another model or chunking cannot mix with the new ones
-                    kept = {c.source for c, *_ in todo}
-                    for src in store.sources():
-                        if src not in kept:
-                            log.warning("dropping %s from the index (re-ingest it with the new settings)", src)
-                            report.chunks_removed += store.delete_document(src)
-                if prune:
-                    seen_sources = {c.source for c in cands}
-                    for src in store.sources():
-                        if src in seen_sources or _is_url(src):
-                            continue
-                        if not ws.path(src).exists():
-                            report.chunks_removed += store.delete_document(src)
-                            results.append(FileResult(src, "ok", "file no longer exists", "removed"))
-                n_total = store.count_chunks()
-                dim_known = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 384)
-                kind = choose_kind(ws.config.index.kind, n_total, dim_known, ws.config.index.memory_budget_mb)
-                changed = bool(todo) or report.chunks_removed > 0 or rebuild or store.get_meta("faiss_kind") != kind
-                generation = int(store.get_meta("generation") or 0) + (1 if changed else 0)
-                dim = int(ing.embedder.dim) if todo else int(store.get_meta("dim") or 0)
-                store.set_meta("generation", str(generation))
-                store.set_meta("embedding_model", ws.config.embedding.model)
-                store.set_meta("embedding_vectors", family)
-                store.set_meta("chunking", chunking_sig)
-                store.set_meta("faiss_kind", kind)
-                if dim:
-                    store.set_meta("dim", str(dim))
-                store.con.execute("COMMIT")
-            except BaseException:
-                store.con.execute("ROLLBACK")
-                raise
-            # 4. FAISS, derived from SQLite, replaced atomically
-            _update_faiss(ws, store, kind=kind, dim=dim or 384, generation=generation,
-                          old_generation=old_generation, new_ids=new_ids,
-                          removed=report.chunks_removed, full=rebuild, n_total=n_total)
+                run.read(c, res, max_bytes, limits)
+                if run.pending_chunks >= ws.config.corpus.commit_every:
+                    run.commit(cands, prune=prune, results=results, final=False)
+            run.commit(cands, prune=prune, results=results, final=True)
+            ing.release()  # the model is not needed to build the FAISS index: its memory goes first
+            # FAISS, derived from SQLite, replaced atomically
+            _update_faiss(ws, store, kind=run.kind, dim=run.dim or 384, generation=run.generation,
+                          old_generation=run.old_generation, new_ids=run.new_ids,
+                          removed=report.chunks_removed, full=run.rebuild, n_total=run.n_total)
             report.files = results
-            report.total_chunks = n_total
+            report.total_chunks = run.n_total
             report.total_documents = len(store.sources())
         finally:
             store.close()
@@ -363,78 +299,276 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     return report
 
 
+@dataclass
+class _Item:
+    cand: _Candidate
+    res: FileResult
+    sha: str
+    mtime: float | None
+    size: int
+    specs: list[ChunkSpec]
+
+
+class _Run:
+    """One ingest's state between its batches (see :func:`ingest`)."""
+
+    def __init__(self, ws: Workspace, store: IndexStore, ing: _Ingestor, report: IngestReport, *,
+                 reset: bool, rebuild: bool, family: str, chunking_sig: str):
+        import array
+
+        self.ws, self.store, self.ing, self.report = ws, store, ing, report
+        self.reset = reset  # the first commit empties the store: another model, a new format (or --rebuild to it)
+        self.rebuild = rebuild  # every document is read again (--rebuild, chunking changed): stored ones are stale
+        self.family, self.chunking_sig = family, chunking_sig
+        self.pending: list[_Item] = []
+        self.failed: list[tuple[_Candidate, FileResult]] = []
+        self.pending_chunks = 0
+        self.commits = 0
+        self.bumped = False
+        self.any_items = False
+        self.new_ids = array.array("q")  # ids added by this run (HNSW adds them to its saved graph)
+        self.old_generation = int(store.get_meta("generation") or 0)
+        self.generation = self.old_generation
+        self.kind = store.get_meta("faiss_kind") or "flat"
+        self.dim = int(store.get_meta("dim") or 0)
+        self.n_total = 0
+        # progress: chunks embedded of an estimate (chunks so far, scaled by the bytes still unread)
+        self.bytes_total = 0
+        self.bytes_read = 0
+        self.to_embed = 0
+        self.embedded = 0
+
+    def begin(self, cands: list[_Candidate]) -> None:
+        interrupted = self.store.get_meta("ingest_started_at")
+        if interrupted and not self.reset:
+            self.report.resumed = True
+            log.warning("an earlier ingest (started %s) stopped before it finished: going on from its last "
+                        "committed batch (committed documents are not embedded again)", interrupted)
+        if self.ing.progress is not None:
+            for c in cands:
+                with contextlib.suppress(OSError, TypeError):
+                    self.bytes_total += os.stat(c.path).st_size  # type: ignore[arg-type]
+
+    def read(self, c: _Candidate, res: FileResult, max_bytes: int, limits: TextLimits) -> None:
+        """Read, hash, parse and chunk one file into the pending batch (nothing when unchanged)."""
+        ws, store, ing = self.ws, self.store, self.ing
+        try:
+            assert c.path is not None
+            data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
+            self.bytes_read += st.st_size
+            mtime = c.mtime if c.mtime is not None else st.st_mtime
+            sha = hashlib.sha256(data).hexdigest()
+            old = store.document(c.source)
+            if old and old["sha256"] == sha and not self.rebuild and old["status"] != "error":
+                res.status, res.reason = old["status"], old["reason"]
+                res.action, res.chunks = "unchanged", int(old["n_chunks"])
+                return
+            doc = parse_bytes(data, c.kind, c.path.name, limits)
+            del data
+            specs = ing.chunker.chunk(doc, c.source)
+            specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
+            if not specs:
+                raise SkipFile("no text to index")
+            specs = add_context(specs, doc.title, ing.embedder.count_tokens, ing.embedder.max_tokens - 2)
+            if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
+                res.reason = "; ".join(doc.warnings)
+                log.warning("%s: %s", c.source, res.reason)
+            res.action = "updated" if old and old["n_chunks"] else "added"
+            self.pending.append(_Item(c, res, sha, mtime, st.st_size, specs))
+            self.pending_chunks += len(specs)
+        except SkipFile as why:
+            res.status, res.reason = "skipped", str(why)
+            self.failed.append((c, res))
+        except IngestError as err:
+            res.status, res.reason = "error", str(err)
+            self.failed.append((c, res))
+        except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
+            log.debug("failed on %s", c.source, exc_info=True)
+            res.status, res.reason = "error", f"{type(err).__name__}: {err}"
+            self.failed.append((c, res))
+
+    def commit(self, cands: list[_Candidate], *, prune: bool, results: list[FileResult], final: bool) -> None:
+        """Embed the pending batch and write it in one transaction; the final one also drops
+        what left the corpus, picks the FAISS kind and marks the ingest finished."""
+        store, report = self.store, self.report
+        vectors = self._embed(self.pending)
+        store.con.execute("BEGIN IMMEDIATE")
+        try:
+            removed_before = report.chunks_removed
+            if self.commits == 0:
+                self._first(cands)
+            for item in self.pending:
+                c, res, specs = item.cand, item.res, item.specs
+                report.chunks_removed += store.delete_chunks(c.source)
+                rows = [(ChunkRow(s.chunk_id, c.source, s.heading, s.start_line, s.end_line, s.page,
+                                  s.byte_start, s.byte_end, s.text, s.n_tokens, self.ing.embed_sha(s),
+                                  s.context),
+                         vectors[self.ing.embed_sha(s)]) for s in specs]
+                added_ids = store.insert_chunks(rows)
+                self.new_ids.extend(added_ids)
+                report.chunks_added += len(added_ids)
+                res.chunks = len(specs)
+                store.put_document(c.source, sha256=item.sha, mtime=item.mtime, size=item.size, kind=c.kind,
+                                   status="ok", reason=res.reason, n_chunks=len(specs))
+            for c, res in self.failed:  # stale chunks of a file that no longer reads leave the index
+                report.chunks_removed += store.delete_chunks(c.source)
+                store.put_document(c.source, sha256=None, mtime=None, size=None, kind=c.kind,
+                                   status=res.status, reason=res.reason, n_chunks=0)
+            self.any_items = self.any_items or bool(self.pending)
+            if final:
+                self._last(cands, prune, results)
+            if not self.bumped and (self.pending or report.chunks_removed > removed_before or
+                                    (self.commits == 0 and self.rebuild)):
+                self.generation = self.old_generation + 1
+                self.bumped = True
+                store.set_meta("generation", str(self.generation))
+            if final:
+                store.con.execute("DELETE FROM meta WHERE key='ingest_started_at'")
+            elif self.pending or self.failed:
+                store.set_meta("ingest_started_at", store.get_meta("ingest_started_at") or
+                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            store.con.execute("COMMIT")
+        except BaseException:
+            store.con.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.pending, self.failed, self.pending_chunks = [], [], 0
+
+    def _first(self, cands: list[_Candidate]) -> None:
+        """Inside the first commit: empty or mark the old index, record the settings it is built with."""
+        store = self.store
+        if self.reset:
+            kept = {c.source for c in cands}
+            for src in store.sources():
+                if src not in kept:
+                    log.warning("dropping %s from the index (re-ingest it with the new settings)", src)
+            self.report.chunks_removed += store.count_chunks()
+            store.reset()
+        elif self.rebuild:
+            # chunked the old way: read again in this run (or the next, if this one is stopped);
+            # vectors of chunk texts that did not change are reused
+            store.con.execute("UPDATE documents SET sha256=NULL")
+        store.set_meta("embedding_model", self.ws.config.embedding.model)
+        store.set_meta("embedding_vectors", self.family)
+        store.set_meta("chunking", self.chunking_sig)
+
+    @property
+    def _kind_changed(self) -> bool:
+        return self.store.get_meta("faiss_kind") != self.kind
+
+    def _last(self, cands: list[_Candidate], prune: bool, results: list[FileResult]) -> None:
+        store, report = self.store, self.report
+        # documents still chunked the old way were not among this run's paths
+        for (src,) in store.con.execute("SELECT source FROM documents WHERE sha256 IS NULL AND n_chunks > 0").fetchall():
+            log.warning("dropping %s from the index (re-ingest it with the new settings)", src)
+            report.chunks_removed += store.delete_document(src)
+        if prune:
+            seen_sources = {c.source for c in cands}
+            for src in store.sources():
+                if src in seen_sources or _is_url(src):
+                    continue
+                if not self.ws.path(src).exists():
+                    report.chunks_removed += store.delete_document(src)
+                    results.append(FileResult(src, "ok", "file no longer exists", "removed"))
+        self.n_total = store.count_chunks()
+        if self.any_items:
+            self.dim = int(self.ing.embedder.dim)
+        self.kind = choose_kind(self.ws.config.index.kind, self.n_total, self.dim or 384,
+                                self.ws.config.index.memory_budget_mb)
+        if self._kind_changed:
+            store.set_meta("faiss_kind", self.kind)
+            if not self.bumped:
+                self.generation = self.old_generation + 1
+                self.bumped = True
+                store.set_meta("generation", str(self.generation))
+        if self.dim:
+            store.set_meta("dim", str(self.dim))
+
+    def _embed(self, items: list[_Item]) -> dict[str, np.ndarray]:
+        """Vectors of the batch's chunks: reused where a stored chunk of the same document had the
+        same text, embedded otherwise."""
+        ing, report = self.ing, self.report
+        vectors: dict[str, np.ndarray] = {}
+        needed: dict[str, str] = {}  # embed_sha -> text
+        for item in items:
+            reusable = self.store.vectors_by_embed_sha(item.cand.source)
+            n_new = 0
+            for s in item.specs:
+                key = ing.embed_sha(s)
+                if key in vectors or key in needed:
+                    continue
+                if key in reusable:
+                    vectors[key] = reusable[key]
+                else:
+                    needed[key] = embed_text(s)
+                    n_new += 1
+            item.res.embedded = n_new
+        if not needed:
+            return vectors
+        self.to_embed += len(needed)
+        keys = list(needed)
+        batch = max(1, ing.cfg.embedding.batch_size) * 4
+        for start in range(0, len(keys), batch):
+            part = keys[start:start + batch]
+            mat = ing.embedder.encode([needed[k] for k in part])
+            for k, v in zip(part, mat, strict=True):
+                vectors[k] = v
+            report.embeddings_computed += len(part)
+            self.embedded += len(part)
+            emit(ing.progress, self.embedded, self._estimated_total(), "embedding chunks")
+        return vectors
+
+    def _estimated_total(self) -> int:
+        """Chunks to embed: those found so far, plus as many per byte in the files not read yet."""
+        unread = max(0, self.bytes_total - self.bytes_read)
+        per_byte = self.to_embed / self.bytes_read if self.bytes_read else 0.0
+        return max(self.embedded, self.to_embed + int(unread * per_byte))
+
+
 TOMBSTONE_LIMIT = 0.2
 
 
 def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, generation: int, old_generation: int,
-                  new_ids: list[int], removed: int, full: bool, n_total: int) -> None:
-    """Bring index.faiss to ``generation``. Flat/IVF: rebuilt from SQLite (seconds even at 100k).
-    HNSW (slow to build, no deletes): new vectors are added to the saved graph and removed ids
-    stay as tombstones that searches skip (SQLite has no row for them), until tombstones pass
-    20% of the chunks and the graph is rebuilt."""
+                  new_ids: Sequence[int], removed: int, full: bool, n_total: int) -> None:
+    """Bring index.faiss to ``generation``. Flat/IVF: rebuilt from SQLite, a block of vectors at
+    a time (seconds even at 100k). HNSW (slow to build, no deletes): new vectors are added to
+    the saved graph and removed ids stay as tombstones that searches skip (SQLite has no row for
+    them), until tombstones pass 20% of the chunks and the graph is rebuilt. A FAISS file left
+    behind by a stopped ingest (its generation is not the one before this run) is rebuilt."""
     import numpy as np
 
-    existing = load_faiss(ws.index_dir)
-    if existing is not None and str(existing[1].get("generation")) == str(generation):
+    saved = saved_meta(ws.index_dir)
+    if saved is not None and str(saved.get("generation")) == str(generation) and (ws.index_dir / FAISS_NAME).is_file():
         return
+    incremental = (kind == "hnsw" and not full and saved is not None and saved.get("faiss_kind") == "hnsw"
+                   and str(saved.get("generation")) == str(old_generation))
+    existing = load_faiss(ws.index_dir) if incremental else None
     meta: dict[str, Any] = {
         "format": f"raftsmith-index/{store.get_meta('schema_version')}", "generation": generation, "n_chunks": n_total, "dim": dim,
         "embedding_model": ws.config.embedding.model, "faiss_kind": kind, "tombstones": 0,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if (kind == "hnsw" and not full and existing is not None
-            and existing[1].get("faiss_kind") == "hnsw"
-            and str(existing[1].get("generation")) == str(old_generation)):
+    if existing is not None:
         tombstones = int(existing[1].get("tombstones", 0)) + removed
         if tombstones <= TOMBSTONE_LIMIT * max(n_total, 1):
             index = existing[0]
-            if new_ids:
-                stored = store.vectors_for_ids(new_ids)
-                ids = np.asarray(new_ids, dtype=np.int64)
-                mat = np.stack([stored[i] for i in new_ids]).astype(np.float32)
-                index.add_with_ids(mat, ids)
+            for start in range(0, len(new_ids), BLOCK):
+                part = [int(i) for i in new_ids[start:start + BLOCK]]
+                stored = store.vectors_for_ids(part)
+                mat = np.stack([stored[i] for i in part]).astype(np.float32)
+                index.add_with_ids(mat, np.asarray(part, dtype=np.int64))
             meta["tombstones"] = tombstones
             if existing[1].get("search"):
                 meta["search"] = existing[1]["search"]
             save_faiss(ws.index_dir, index, meta)
             return
-    ids_all, vecs = store.all_vectors()
-    index = build_faiss(ids_all, vecs, kind, dim, ws.config.index.memory_budget_mb)
-    search = calibrate(index, vecs, ids_all, ws.config.index.recall_target)
+    del existing
+    source = StoreVectors(store)
+    index = build_faiss_from(source, kind, dim, ws.config.index.memory_budget_mb)
+    search = calibrate_from(index, source, ws.config.index.recall_target)
     if search:
         meta["search"] = search
     save_faiss(ws.index_dir, index, meta)
-
-
-def _embed_all(ing: _Ingestor, store: IndexStore, todo: list[Any], report: IngestReport) -> dict[str, np.ndarray]:
-    vectors: dict[str, np.ndarray] = {}
-    needed: dict[str, str] = {}  # embed_sha -> text
-    for c, res, *_rest, specs in todo:
-        reusable = store.vectors_by_embed_sha(c.source)
-        n_new = 0
-        for s in specs:
-            key = ing.embed_sha(s)
-            if key in vectors or key in needed:
-                continue
-            if key in reusable:
-                vectors[key] = reusable[key]
-            else:
-                needed[key] = embed_text(s)
-                n_new += 1
-        res.embedded = n_new
-    if not needed:
-        return vectors
-    keys = list(needed)
-    batch = max(1, ing.cfg.embedding.batch_size) * 4
-    advance = counter(ing.progress, len(keys), "embedding chunks")
-    for start in range(0, len(keys), batch):
-        part = keys[start:start + batch]
-        mat = ing.embedder.encode([needed[k] for k in part])
-        for k, v in zip(part, mat, strict=True):
-            vectors[k] = v
-        report.embeddings_computed += len(part)
-        advance(len(part))
-    return vectors
 
 
 def _audit_ingest(ws: Workspace, report: IngestReport) -> None:
