@@ -242,6 +242,12 @@ _CACHE: dict[tuple[str, str, int, str, str, int], TextEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def forget_embedders() -> None:
+    """Drop the loaded embedders (the next load_embedder loads again): frees their memory."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
 def load_embedder(cfg: EmbeddingConfig, root: Path | None = None) -> TextEmbedder:
     """Load (once per process) the embedder named by ``cfg`` (relative folders: under ``root``):
     ``embedding.backend`` torch -> :class:`SentenceEmbedder`, onnx / onnx-int8 ->

@@ -412,7 +412,7 @@ TRAIN_SAMPLE = 100_000
 
 
 #: vectors read from SQLite (or an array) per block while an index is built or calibrated
-BLOCK = 65_536
+BLOCK = 16_384  # 12 MB of float16 blobs, 25 MB as float32
 
 
 class ArrayVectors:

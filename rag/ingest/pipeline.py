@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from rag.errors import IngestError
 from rag.index.store import (
     BLOCK,
     FAISS_NAME,
+    HNSW_THRESHOLD,
     ChunkRow,
     IndexStore,
     StoreVectors,
@@ -173,13 +175,18 @@ class _Ingestor:
         return self._embedder
 
     def release(self) -> None:
-        """Let the embedding model's memory go (the FAISS build that follows does not need it)."""
+        """Let the embedding model's memory go (the FAISS build that follows does not need it; the
+        next user in this process loads it again)."""
         if self._embedder is not None:
             import gc
 
             self._embedder = None
             self._chunker = None
             gc.collect()
+            from rag.index.embedder import forget_embedders
+
+            forget_embedders()
+            _give_back_heap()
 
     @property
     def chunker(self) -> Chunker:
@@ -231,11 +238,25 @@ class _Ingestor:
         return hashlib.sha256(f"{model}\x00{embed_text(spec)}".encode()).hexdigest()
 
 
+def _give_back_heap() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise), so the FAISS build that
+    follows the embedding does not stack its memory on the model's."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+
+
 __all__ = ["FileResult", "IngestReport", "embed_text", "ingest"]
 
 
 def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = False,
-           progress: Progress | None = None, rebuild: bool = False) -> IngestReport:
+           progress: Progress | None = None, rebuild: bool = False, ray_address: str | None = None,
+           ray_workers: int | None = None) -> IngestReport:
     """Ingest ``paths`` (default: corpus.paths). ``rebuild`` re-reads and re-embeds every
     document from scratch (also done by itself when the model, the chunking or the index format
     changed); documents not among ``paths`` then leave the index, with a warning each.
@@ -244,7 +265,9 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     each committed in its own transaction: memory is bounded by one batch, and an ingest that
     is stopped keeps what it committed. The next ingest goes on from there (a committed
     document is unchanged, so nothing in it is embedded again) and brings index.faiss up to
-    date at the end."""
+    date at the end. With ``ray_address`` the files are read, chunked and embedded on a Ray
+    cluster (rag.ingest.distributed; 'local' starts one on this machine with ``ray_workers``
+    workers) and written here the same way."""
     t0 = time.perf_counter()
     report = IngestReport(index_dir=str(ws.index_dir))
     paths = list(paths) if paths else list(ws.config.corpus.paths)
@@ -277,14 +300,21 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
             results: list[FileResult] = []
             cands = ing.candidates(paths, results)
             run.begin(cands)
-            for c in cands:
-                res = FileResult(c.source, "ok")
-                results.append(res)
-                run.read(c, res, max_bytes, limits)
-                if run.pending_chunks >= ws.config.corpus.commit_every:
-                    run.commit(cands, prune=prune, results=results, final=False)
+            if ray_address:
+                from rag.ingest.distributed import read_on_ray
+
+                read_on_ray(run, cands, results, address=ray_address, workers=ray_workers,
+                            commit=lambda: run.commit(cands, prune=prune, results=results, final=False))
+            else:
+                for c in cands:
+                    res = FileResult(c.source, "ok")
+                    results.append(res)
+                    run.read(c, res, max_bytes, limits)
+                    if run.pending_chunks >= ws.config.corpus.commit_every:
+                        run.commit(cands, prune=prune, results=results, final=False)
             run.commit(cands, prune=prune, results=results, final=True)
-            ing.release()  # the model is not needed to build the FAISS index: its memory goes first
+            if run.n_total > HNSW_THRESHOLD:  # a big FAISS build: the model's memory goes first
+                ing.release()
             # FAISS, derived from SQLite, replaced atomically
             _update_faiss(ws, store, kind=run.kind, dim=run.dim or 384, generation=run.generation,
                           old_generation=run.old_generation, new_ids=run.new_ids,
@@ -307,6 +337,45 @@ class _Item:
     mtime: float | None
     size: int
     specs: list[ChunkSpec]
+    vectors: dict[str, np.ndarray] | None = None  # embed_sha -> vector, when a worker embedded them
+
+
+def read_file(ing: _Ingestor, c: _Candidate, res: FileResult, old: dict[str, Any] | None, *, rebuild: bool,
+              max_bytes: int, limits: TextLimits) -> tuple[_Item | None, int]:
+    """Read, hash, parse and chunk one file: (the item to store, or None when the file is
+    unchanged since ``old`` or failed; bytes read). A failure is recorded in ``res``, never raised."""
+    ws = ing.ws
+    size = 0
+    try:
+        assert c.path is not None
+        data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
+        size = st.st_size
+        mtime = c.mtime if c.mtime is not None else st.st_mtime
+        sha = hashlib.sha256(data).hexdigest()
+        if old and old["sha256"] == sha and not rebuild and old["status"] != "error":
+            res.status, res.reason = old["status"], old["reason"]
+            res.action, res.chunks = "unchanged", int(old["n_chunks"])
+            return None, size
+        doc = parse_bytes(data, c.kind, c.path.name, limits)
+        del data
+        specs = ing.chunker.chunk(doc, c.source)
+        specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
+        if not specs:
+            raise SkipFile("no text to index")
+        specs = add_context(specs, doc.title, ing.embedder.count_tokens, ing.embedder.max_tokens - 2)
+        if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
+            res.reason = "; ".join(doc.warnings)
+            log.warning("%s: %s", c.source, res.reason)
+        res.action = "updated" if old and old["n_chunks"] else "added"
+        return _Item(c, res, sha, mtime, st.st_size, specs), size
+    except SkipFile as why:
+        res.status, res.reason = "skipped", str(why)
+    except IngestError as err:
+        res.status, res.reason = "error", str(err)
+    except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
+        log.debug("failed on %s", c.source, exc_info=True)
+        res.status, res.reason = "error", f"{type(err).__name__}: {err}"
+    return None, size
 
 
 class _Run:
@@ -332,6 +401,7 @@ class _Run:
         self.kind = store.get_meta("faiss_kind") or "flat"
         self.dim = int(store.get_meta("dim") or 0)
         self.n_total = 0
+        self.vec_dim = 0  # of the vectors this run wrote
         # progress: chunks embedded of an estimate (chunks so far, scaled by the bytes still unread)
         self.bytes_total = 0
         self.bytes_read = 0
@@ -351,40 +421,17 @@ class _Run:
 
     def read(self, c: _Candidate, res: FileResult, max_bytes: int, limits: TextLimits) -> None:
         """Read, hash, parse and chunk one file into the pending batch (nothing when unchanged)."""
-        ws, store, ing = self.ws, self.store, self.ing
-        try:
-            assert c.path is not None
-            data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
-            self.bytes_read += st.st_size
-            mtime = c.mtime if c.mtime is not None else st.st_mtime
-            sha = hashlib.sha256(data).hexdigest()
-            old = store.document(c.source)
-            if old and old["sha256"] == sha and not self.rebuild and old["status"] != "error":
-                res.status, res.reason = old["status"], old["reason"]
-                res.action, res.chunks = "unchanged", int(old["n_chunks"])
-                return
-            doc = parse_bytes(data, c.kind, c.path.name, limits)
-            del data
-            specs = ing.chunker.chunk(doc, c.source)
-            specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
-            if not specs:
-                raise SkipFile("no text to index")
-            specs = add_context(specs, doc.title, ing.embedder.count_tokens, ing.embedder.max_tokens - 2)
-            if doc.warnings:  # indexed, but the user is told (e.g. bad UTF-8 bytes replaced)
-                res.reason = "; ".join(doc.warnings)
-                log.warning("%s: %s", c.source, res.reason)
-            res.action = "updated" if old and old["n_chunks"] else "added"
-            self.pending.append(_Item(c, res, sha, mtime, st.st_size, specs))
-            self.pending_chunks += len(specs)
-        except SkipFile as why:
-            res.status, res.reason = "skipped", str(why)
-            self.failed.append((c, res))
-        except IngestError as err:
-            res.status, res.reason = "error", str(err)
-            self.failed.append((c, res))
-        except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
-            log.debug("failed on %s", c.source, exc_info=True)
-            res.status, res.reason = "error", f"{type(err).__name__}: {err}"
+        item, size = read_file(self.ing, c, res, self.store.document(c.source), rebuild=self.rebuild,
+                               max_bytes=max_bytes, limits=limits)
+        self.bytes_read += size
+        self.add(c, res, item)
+
+    def add(self, c: _Candidate, res: FileResult, item: _Item | None) -> None:
+        """A file read here or by a worker: into the pending batch, or among the failed ones."""
+        if item is not None:
+            self.pending.append(item)
+            self.pending_chunks += len(item.specs)
+        elif res.status != "ok":
             self.failed.append((c, res))
 
     def commit(self, cands: list[_Candidate], *, prune: bool, results: list[FileResult], final: bool) -> None:
@@ -472,7 +519,7 @@ class _Run:
                     results.append(FileResult(src, "ok", "file no longer exists", "removed"))
         self.n_total = store.count_chunks()
         if self.any_items:
-            self.dim = int(self.ing.embedder.dim)
+            self.dim = self.vec_dim or int(self.ing.embedder.dim)
         self.kind = choose_kind(self.ws.config.index.kind, self.n_total, self.dim or 384,
                                 self.ws.config.index.memory_budget_mb)
         if self._kind_changed:
@@ -492,6 +539,8 @@ class _Run:
         needed: dict[str, str] = {}  # embed_sha -> text
         for item in items:
             reusable = self.store.vectors_by_embed_sha(item.cand.source)
+            if item.vectors:
+                reusable.update(item.vectors)
             n_new = 0
             for s in item.specs:
                 key = ing.embed_sha(s)
@@ -502,7 +551,9 @@ class _Run:
                 else:
                     needed[key] = embed_text(s)
                     n_new += 1
-            item.res.embedded = n_new
+            item.res.embedded = n_new if item.vectors is None else item.res.embedded + n_new
+        if vectors:
+            self.vec_dim = len(next(iter(vectors.values())))
         if not needed:
             return vectors
         self.to_embed += len(needed)
@@ -516,6 +567,7 @@ class _Run:
             report.embeddings_computed += len(part)
             self.embedded += len(part)
             emit(ing.progress, self.embedded, self._estimated_total(), "embedding chunks")
+        self.vec_dim = len(next(iter(vectors.values())))
         return vectors
 
     def _estimated_total(self) -> int:
