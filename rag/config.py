@@ -58,6 +58,9 @@ class CorpusConfig(Section):
                     "page past this (a decompression bomb, a huge vector drawing) skips the file before pypdf parses it.")
     chunk_tokens: int = Field(256, ge=32, le=8192, description="Token budget per chunk (embedding tokenizer).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared between neighbouring chunks of one section.")
+    parse_workers: int = Field(
+        0, ge=0, le=64, description="Processes that read, parse and chunk files ahead of the embedder (0: in the "
+        "ingest process, between embedding batches). They load the embedder's tokenizer only.")
     commit_every: int = Field(
         2048, ge=1, description="Chunks per committed batch while ingesting: memory stays bounded by one batch, "
         "and an ingest that is stopped (killed, out of power) keeps every committed batch; run 'raftsmith ingest' "

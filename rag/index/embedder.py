@@ -242,6 +242,29 @@ _CACHE: dict[tuple[str, str, int, str, str, int], TextEmbedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+class TokenCounter:
+    """An embedder's tokenizer alone: ``count_tokens`` and ``max_tokens`` as the loaded
+    embedder gives them, without the model (for ingest's parse workers, which only chunk)."""
+
+    def __init__(self, model_dir: Path):
+        import json
+
+        from transformers import AutoTokenizer
+
+        _quiet_transformers()
+        cfg = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        self.max_tokens = int(cfg["max_seq_length"])
+        self._tok = AutoTokenizer.from_pretrained(str(model_dir))
+
+    @classmethod
+    def usable(cls, model_dir: Path) -> bool:
+        """Whether the folder names its max_seq_length and holds its tokenizer at the top."""
+        return (model_dir / "sentence_bert_config.json").is_file() and (model_dir / "tokenizer_config.json").is_file()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tok(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+
 def forget_embedders() -> None:
     """Drop the loaded embedders (the next load_embedder loads again): frees their memory."""
     with _CACHE_LOCK:

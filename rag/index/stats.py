@@ -61,6 +61,8 @@ def index_stats(index_dir: Path, measure_ram: bool = True) -> dict[str, Any]:
             "vector_dtype": store.vector_dtype,
             "vector_bytes_per_chunk": dim * np.dtype(VECTOR_DTYPES[store.vector_dtype]).itemsize,
             "format": store.get_meta("schema_version"), "generation": store.get_meta("generation"),
+            # set while an ingest runs; still set after one that stopped before it finished
+            "ingest_unfinished_since": store.get_meta("ingest_started_at"),
         }
     finally:
         store.close()
@@ -101,6 +103,9 @@ def describe(stats: dict[str, Any]) -> list[str]:
     if "query_ram_mb" in stats:
         lines.append(f"  RAM when loaded for queries: {stats['query_ram_mb']} MB (the FAISS index, measured; "
                      "the store is read from disk)")
+    if stats.get("ingest_unfinished_since"):
+        lines.append(f"  An ingest started {stats['ingest_unfinished_since']} has not finished (it is running, or it "
+                     "stopped): its committed batches are in the store; run 'raftsmith ingest' to go on.")
     if stats["faiss_stale"]:
         lines.append("  The FAISS file is missing or older than the store: queries rebuild it in memory; "
                      "run 'raftsmith ingest' to save it again.")

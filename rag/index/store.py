@@ -171,6 +171,8 @@ class IndexStore:
         self.readonly = readonly
         #: a writable store over an index of an older format: only a full rebuild may write it
         self.outdated = False
+        #: when a list, delete_chunks() appends the ids it removes (ingest updates IVF indexes in place)
+        self.deleted_ids: Any = None
         if readonly:
             if not self.db_path.is_file():
                 raise IndexStoreError(
@@ -305,6 +307,8 @@ class IndexStore:
 
     def delete_chunks(self, source: str) -> int:
         ids = [r[0] for r in self.con.execute("SELECT id FROM chunks WHERE source=?", (source,))]
+        if self.deleted_ids is not None:
+            self.deleted_ids.extend(ids)
         if ids:
             self.con.executemany("DELETE FROM chunks_fts WHERE rowid=?", [(i,) for i in ids])
             self.con.execute("DELETE FROM chunks WHERE source=?", (source,))

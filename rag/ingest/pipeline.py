@@ -34,6 +34,7 @@ from rag.index.store import (
     build_faiss_from,
     calibrate_from,
     choose_kind,
+    index_kind,
     load_faiss,
     save_faiss,
     saved_meta,
@@ -305,6 +306,13 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
 
                 read_on_ray(run, cands, results, address=ray_address, workers=ray_workers,
                             commit=lambda: run.commit(cands, prune=prune, results=results, final=False))
+            elif ws.config.corpus.parse_workers > 0 and len(cands) > 1:
+                for c, res, item, size in _read_ahead(run, cands, ws.config.corpus.parse_workers):
+                    results.append(res)
+                    run.bytes_read += size
+                    run.add(c, res, item)
+                    if run.pending_chunks >= ws.config.corpus.commit_every:
+                        run.commit(cands, prune=prune, results=results, final=False)
             else:
                 for c in cands:
                     res = FileResult(c.source, "ok")
@@ -317,8 +325,8 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                 ing.release()
             # FAISS, derived from SQLite, replaced atomically
             _update_faiss(ws, store, kind=run.kind, dim=run.dim or 384, generation=run.generation,
-                          old_generation=run.old_generation, new_ids=run.new_ids,
-                          removed=report.chunks_removed, full=run.rebuild, n_total=run.n_total)
+                          old_generation=run.old_generation, new_ids=run.new_ids, removed_ids=store.deleted_ids,
+                          full=run.rebuild or run.reset, n_total=run.n_total)
             report.files = results
             report.total_chunks = run.n_total
             report.total_documents = len(store.sources())
@@ -378,6 +386,58 @@ def read_file(ing: _Ingestor, c: _Candidate, res: FileResult, old: dict[str, Any
     return None, size
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(config_path: str, rebuild: bool) -> None:
+    """In a parse worker: the workspace, and an _Ingestor whose "embedder" is the tokenizer alone."""
+    from rag.config import load_workspace
+    from rag.index.embedder import TokenCounter, resolve_model_dir
+
+    ws = load_workspace(Path(config_path))
+    ing = _Ingestor(ws, None)
+    model_dir = resolve_model_dir(ws.config.embedding, ws.root)
+    if TokenCounter.usable(model_dir):
+        ing._embedder = TokenCounter(model_dir)
+    _WORKER.update(ing=ing, rebuild=rebuild, max_bytes=int(ws.config.corpus.max_file_mb * 1_000_000),
+                   limits=TextLimits.for_corpus(ws.config.corpus))
+
+
+def _worker_read(c: _Candidate, old: dict[str, Any] | None) -> tuple[FileResult, _Item | None, int]:
+    res = FileResult(c.source, "ok")
+    item, size = read_file(_WORKER["ing"], c, res, old, rebuild=_WORKER["rebuild"],
+                           max_bytes=_WORKER["max_bytes"], limits=_WORKER["limits"])
+    return res, item, size
+
+
+def _read_ahead(run: _Run, cands: list[_Candidate], workers: int) -> Iterator[tuple[_Candidate, FileResult, _Item | None, int]]:
+    """The files read, parsed and chunked by ``workers`` processes, in order, at most a few
+    files ahead of the caller (which embeds and commits meanwhile)."""
+    import collections
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    ahead = max(4, 4 * workers)
+    # spawn: a fork of a process that holds torch's threads can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=(str(run.ws.config_path), run.rebuild)) as pool:
+        queue: collections.deque[tuple[_Candidate, Future[tuple[FileResult, _Item | None, int]]]] = collections.deque()
+        todo = iter(cands)
+        for c in todo:
+            queue.append((c, pool.submit(_worker_read, c, run.store.document(c.source))))
+            if len(queue) >= ahead:
+                break
+        while queue:
+            c, fut = queue.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(_worker_read, nxt, run.store.document(nxt.source))))
+            res, item, size = fut.result()
+            if item is not None:
+                item.cand, item.res = c, res
+            yield c, res, item, size
+
+
 class _Run:
     """One ingest's state between its batches (see :func:`ingest`)."""
 
@@ -395,7 +455,8 @@ class _Run:
         self.commits = 0
         self.bumped = False
         self.any_items = False
-        self.new_ids = array.array("q")  # ids added by this run (HNSW adds them to its saved graph)
+        self.new_ids = array.array("q")  # ids added by this run (HNSW and IVF add them to the saved index)
+        store.deleted_ids = array.array("q")  # ids removed by this run (IVF removes them from it)
         self.old_generation = int(store.get_meta("generation") or 0)
         self.generation = self.old_generation
         self.kind = store.get_meta("faiss_kind") or "flat"
@@ -580,38 +641,50 @@ class _Run:
 TOMBSTONE_LIMIT = 0.2
 
 
-def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, generation: int, old_generation: int,
-                  new_ids: Sequence[int], removed: int, full: bool, n_total: int) -> None:
-    """Bring index.faiss to ``generation``. Flat/IVF: rebuilt from SQLite, a block of vectors at
-    a time (seconds even at 100k). HNSW (slow to build, no deletes): new vectors are added to
-    the saved graph and removed ids stay as tombstones that searches skip (SQLite has no row for
-    them), until tombstones pass 20% of the chunks and the graph is rebuilt. A FAISS file left
-    behind by a stopped ingest (its generation is not the one before this run) is rebuilt."""
-    import numpy as np
+#: an IVF index is updated in place while the chunks stay within this factor of what it was trained on
+IVF_RETRAIN_FACTOR = 2.0
 
+
+def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, generation: int, old_generation: int,
+                  new_ids: Sequence[int], removed_ids: Sequence[int], full: bool, n_total: int) -> None:
+    """Bring index.faiss to ``generation``. Flat: rebuilt from SQLite, a block of vectors at a
+    time (seconds even at 100k). HNSW (slow to build, no deletes): new vectors are added to the
+    saved graph and removed ids stay as tombstones that searches skip (SQLite has no row for
+    them), until tombstones pass 20% of the chunks and the graph is rebuilt. IVF and IVF-PQ
+    (trained on a sample, slow to re-add millions): removed ids leave their lists and new
+    vectors are encoded with the trained centroids, until the chunks pass half or twice the
+    count it was trained on; then it is trained and calibrated again. A FAISS file left behind by
+    a stopped ingest (its generation is not the one before this run) is rebuilt."""
     saved = saved_meta(ws.index_dir)
     if saved is not None and str(saved.get("generation")) == str(generation) and (ws.index_dir / FAISS_NAME).is_file():
         return
-    incremental = (kind == "hnsw" and not full and saved is not None and saved.get("faiss_kind") == "hnsw"
-                   and str(saved.get("generation")) == str(old_generation))
-    existing = load_faiss(ws.index_dir) if incremental else None
+    in_step = (not full and saved is not None and saved.get("faiss_kind") == kind
+               and str(saved.get("generation")) == str(old_generation))
+    trained_n = int((saved or {}).get("trained_n") or 0)
+    ivf_in_step = (in_step and kind in ("ivf", "ivfpq") and trained_n > 0
+                   and trained_n / IVF_RETRAIN_FACTOR <= n_total <= trained_n * IVF_RETRAIN_FACTOR)
     meta: dict[str, Any] = {
         "format": f"raftsmith-index/{store.get_meta('schema_version')}", "generation": generation, "n_chunks": n_total, "dim": dim,
         "embedding_model": ws.config.embedding.model, "faiss_kind": kind, "tombstones": 0,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    existing = load_faiss(ws.index_dir) if (in_step and kind == "hnsw") or ivf_in_step else None
     if existing is not None:
-        tombstones = int(existing[1].get("tombstones", 0)) + removed
-        if tombstones <= TOMBSTONE_LIMIT * max(n_total, 1):
-            index = existing[0]
-            for start in range(0, len(new_ids), BLOCK):
-                part = [int(i) for i in new_ids[start:start + BLOCK]]
-                stored = store.vectors_for_ids(part)
-                mat = np.stack([stored[i] for i in part]).astype(np.float32)
-                index.add_with_ids(mat, np.asarray(part, dtype=np.int64))
-            meta["tombstones"] = tombstones
-            if existing[1].get("search"):
-                meta["search"] = existing[1]["search"]
+        index, old_meta = existing
+        tombstones = int(old_meta.get("tombstones", 0)) + len(removed_ids)
+        if kind != "hnsw" or tombstones <= TOMBSTONE_LIMIT * max(n_total, 1):
+            if kind == "hnsw":
+                meta["tombstones"] = tombstones
+            else:
+                import numpy as np
+
+                if len(removed_ids):
+                    index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
+                meta["trained_n"] = trained_n
+                meta["updated_in_place"] = int(old_meta.get("updated_in_place", 0)) + 1
+            _add_vectors(store, index, new_ids)
+            if old_meta.get("search"):
+                meta["search"] = old_meta["search"]
             save_faiss(ws.index_dir, index, meta)
             return
     del existing
@@ -620,7 +693,19 @@ def _update_faiss(ws: Workspace, store: IndexStore, *, kind: str, dim: int, gene
     search = calibrate_from(index, source, ws.config.index.recall_target)
     if search:
         meta["search"] = search
+    if index_kind(index) in ("ivf", "ivfpq"):
+        meta["trained_n"] = n_total
     save_faiss(ws.index_dir, index, meta)
+
+
+def _add_vectors(store: IndexStore, index: Any, new_ids: Sequence[int]) -> None:
+    import numpy as np
+
+    for start in range(0, len(new_ids), BLOCK):
+        part = [int(i) for i in new_ids[start:start + BLOCK]]
+        stored = store.vectors_for_ids(part)
+        mat = np.stack([stored[i] for i in part]).astype(np.float32)
+        index.add_with_ids(mat, np.asarray(part, dtype=np.int64))
 
 
 def _audit_ingest(ws: Workspace, report: IngestReport) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from rag.config import init_workspace, load_workspace
+from rag.index.stats import describe, index_stats
 from rag.index.store import DB_NAME, IndexStore, load_faiss
 from rag.ingest.pipeline import ingest
 from rag.retrieve import Retriever
@@ -66,6 +67,16 @@ def _committed_documents(index_dir: Path) -> int:
         return 0
 
 
+def _faiss_ids(index) -> np.ndarray:  # noqa: ANN001
+    """Every id a FAISS index holds: its id map, or (IVF) the ids of its inverted lists."""
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    inv = faiss.extract_index_ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy() for lst in range(inv.nlist)
+             if inv.list_size(lst)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
 def _assert_consistent(root: Path) -> None:
     """No duplicate chunk, FAISS holds exactly the store's ids, and the two share a generation."""
     ws = load_workspace(root / "raftsmith.yaml")
@@ -75,7 +86,7 @@ def _assert_consistent(root: Path) -> None:
     try:
         ids = np.sort(np.fromiter((r[0] for r in store.con.execute("SELECT id FROM chunks")), dtype=np.int64))
         generation, started = store.get_meta("generation"), store.get_meta("ingest_started_at")
-        n_docs = len(store.sources())
+        n_docs = store.con.execute("SELECT COUNT(*) FROM documents WHERE n_chunks > 0").fetchone()[0]
     finally:
         store.close()
     loaded = load_faiss(ws.index_dir)
@@ -83,7 +94,7 @@ def _assert_consistent(root: Path) -> None:
     index, meta = loaded
     assert str(meta["generation"]) == generation and started is None
     assert index.ntotal == len(ids) == meta["n_chunks"]
-    stored = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+    stored = np.sort(_faiss_ids(index))
     assert np.array_equal(stored, ids)
     assert n_docs == len({r[1] for r in rows})
 
@@ -174,9 +185,9 @@ def test_a_failure_keeps_committed_batches(tmp_path: Path, monkeypatch: pytest.M
     assert len(seen) == 3
     committed = _chunks(ws.index_dir)
     assert len(committed) == sum(seen[:2]) and set(committed) <= set(reference)
-    store = IndexStore(ws.index_dir, readonly=True)
-    assert store.get_meta("ingest_started_at") is not None  # the next ingest knows it goes on
-    store.close()
+    st = index_stats(ws.index_dir, measure_ram=False)  # the next ingest (and index stats) knows it goes on
+    assert st["ingest_unfinished_since"] and st["faiss_stale"] and st["chunks"] == len(committed)
+    assert any("has not finished" in line for line in describe(st))
     # a reader in between sees the committed chunks, with the FAISS file rebuilt in memory
     hits = Retriever.from_workspace(ws).search("valve number 0 opens", k=3, mode="hybrid")
     assert hits and all(c.source in {s for _, s, _ in committed} for c in hits)
@@ -185,6 +196,9 @@ def test_a_failure_keeps_committed_batches(tmp_path: Path, monkeypatch: pytest.M
     assert report.resumed and report.embeddings_computed == len(reference) - len(committed)
     assert _chunks(ws.index_dir) == reference
     _assert_consistent(root)
+    st = index_stats(ws.index_dir, measure_ram=False)
+    assert st["ingest_unfinished_since"] is None and not st["faiss_stale"]
+    assert not any("has not finished" in line for line in describe(st))
 
 
 def test_a_stopped_rebuild_leaves_no_chunk_of_the_old_chunking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,3 +254,63 @@ def test_unchanged_corpus_after_a_stop_before_faiss_only_rebuilds_faiss(tmp_path
     _assert_consistent(root)
     hits = Retriever.from_workspace(load_workspace(ws.config_path)).search("valve 9999", k=1, mode="dense")
     assert hits[0].source == "docs/unit000.md"
+
+
+def test_parse_workers_make_the_index_the_ingest_process_makes(tmp_path: Path) -> None:
+    """corpus.parse_workers: files read, parsed and chunked by spawned processes that load the
+    tokenizer alone give the same chunks, statuses and reasons as the ingest process itself."""
+    import shutil
+
+    kestrel = Path(__file__).resolve().parents[4] / "examples" / "kestrel" / "docs"
+    reports, chunks = [], []
+    for workers in (0, 2):
+        ws = init_workspace(tmp_path / f"w{workers}", corpus_name="kestrel")
+        shutil.rmtree(ws.root / "docs")
+        shutil.copytree(kestrel, ws.root / "docs")
+        (ws.root / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+        (ws.root / "docs" / "empty.md").write_text("\n\n")
+        text = ws.config_path.read_text().replace("  parse_workers: 0", f"  parse_workers: {workers}")
+        ws.config_path.write_text(text.replace("  commit_every: 2048", "  commit_every: 50"))
+        report = ingest(load_workspace(ws.config_path))
+        reports.append(sorted((f.source, f.status, f.reason, f.action, f.chunks, f.embedded) for f in report.files))
+        chunks.append(_chunks(ws.index_dir))
+        _assert_consistent(ws.root)
+    assert reports[0] == reports[1]
+    assert chunks[0] == chunks[1] and len(chunks[0]) > 100
+    statuses = {r[0]: r[1] for r in reports[1]}
+    assert statuses["docs/broken.pdf"] == "error" and statuses["docs/empty.md"] == "skipped"
+
+
+def test_an_ivf_index_is_updated_in_place_until_the_corpus_doubles(tmp_path: Path) -> None:
+    """index.kind ivf (and ivfpq, the same path): an incremental ingest removes the changed
+    document's old ids from the trained index and adds its new vectors, without training again;
+    past twice the trained size it is trained and calibrated anew."""
+    import json
+
+    root = _workspace(tmp_path / "ws", n_docs=40)
+    cfg = root / "raftsmith.yaml"
+    cfg.write_text(cfg.read_text().replace("  kind: auto", "  kind: ivf"))
+    ws = load_workspace(cfg)
+    ingest(ws)
+    meta = json.loads((ws.index_dir / "meta.json").read_text())
+    assert meta["faiss_kind"] == "ivf" and meta["trained_n"] == 120 and "updated_in_place" not in meta
+    (ws.root / "docs" / "unit007.md").write_text("# Unit 7\n\nUnit seven now holds one line: valve 4242 is retired.\n")
+    report = ingest(load_workspace(cfg))
+    assert (report.chunks_removed, report.chunks_added) == (3, 1)
+    meta = json.loads((ws.index_dir / "meta.json").read_text())
+    assert (meta["trained_n"], meta["updated_in_place"], meta["n_chunks"]) == (120, 1, 118)
+    _assert_consistent(root)
+    store = IndexStore(ws.index_dir, readonly=True)
+    (new_id, blob), = store.con.execute("SELECT id, vector FROM chunks WHERE source='docs/unit007.md'").fetchall()
+    vec = store.decode_vec(blob)
+    store.close()
+    index, _ = load_faiss(ws.index_dir)
+    index.nprobe = index.nlist
+    _, got = index.search(vec[None, :], 1)
+    assert int(got[0][0]) == new_id  # the new vector is in the trained index
+    for i in range(40, 200):  # the corpus grows past twice the trained size: trained again
+        (ws.root / "docs" / f"unit{i:03d}.md").write_text(f"# Unit {i}\n\n{_doc(i)}")
+    ingest(load_workspace(cfg))
+    meta = json.loads((ws.index_dir / "meta.json").read_text())
+    assert meta["trained_n"] == meta["n_chunks"] == 118 + 480 and "updated_in_place" not in meta
+    _assert_consistent(root)
