@@ -99,7 +99,7 @@ class EmbeddingConfig(Section):
 class IndexConfig(Section):
     path: str = Field(f"{STATE_DIR}/index", description="Folder holding the FAISS index and SQLite store.")
     kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
-        "auto", description="FAISS index type; auto = flat up to 50k chunks, HNSW up to 3M while its float vectors "
+        "auto", description="FAISS index type; auto = flat up to 50k chunks, HNSW up to 3M while its float16 vectors "
         "fit index.memory_budget_mb, above that IVF-PQ (48-byte codes per chunk, trained on a sample, its top "
         "candidates rescored with the exact vectors from SQLite).")
     memory_budget_mb: float = Field(
