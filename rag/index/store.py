@@ -558,7 +558,8 @@ def build_faiss_from(source: ArrayVectors, kind: str, dim: int, memory_budget_mb
         # the graph over float16 vectors: the precision the store keeps them in, so nothing is
         # lost; 0.58x the RAM and file of float32 ones at 100k, recall and latency the same
         # (an index saved with float32 vectors loads and updates as before)
-        base = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        fp16: Any = faiss.ScalarQuantizer.QT_fp16  # the stubs call this argument a ScalarQuantizer
+        base = faiss.IndexHNSWSQ(dim, fp16, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = 100
         base.hnsw.efSearch = 128
         index = faiss.IndexIDMap(base)
