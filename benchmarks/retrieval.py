@@ -138,6 +138,7 @@ def kestrel_workspace(root: Path) -> tuple[Any, list[str], list[str]]:
     return ws, [i["question"] for i in items], [str(i["answer"]) for i in items]
 
 
+CORPORA = ("apibench", "kestrel", "manpages")
 MAN_DIR = Path("/usr/share/man/man1")
 MAN_LINES = 300  # each page is cut after this many rendered lines (keeps the run in minutes)
 MAN_DISTRACTORS_EVERY = 24  # every n-th other section-1 page joins as a distractor
@@ -217,12 +218,14 @@ def summarize(ranks: list[int | None], ks: tuple[int, ...] = (1, 5, 10)) -> dict
     return out
 
 
-def recall_bench(data: Path, work: Path) -> dict[str, Any]:
-    """Both corpora, each ingested the old way and with contextual chunks, every setting."""
+def recall_bench(data: Path, work: Path, only: tuple[str, ...] = CORPORA) -> dict[str, Any]:
+    """The corpora, each ingested the old way and with contextual chunks, every setting."""
     out: dict[str, Any] = {}
     corpora: dict[str, Any] = {"apibench": lambda root: apibench_workspace(data, root),
                                "kestrel": kestrel_workspace, "manpages": manpages_workspace}
     for corpus, make in corpora.items():
+        if corpus not in only:
+            continue
         out[corpus] = {}
         for variant, contextual, precision in VARIANTS:
             if corpus == "manpages" and variant == "contextual fp32":
@@ -417,7 +420,21 @@ def main() -> None:
     ap.add_argument("--only-scale", action="store_true", help="Skip the recall and ingest parts.")
     ap.add_argument("--baseline", metavar="REV", help="Also run this benchmark as git revision REV had it "
                     "(e.g. the last release) and report new/old ratios.")
+    ap.add_argument("--corpora", default=",".join(CORPORA), help="Recall part: which corpora.")
+    ap.add_argument("--recall-only", action="store_true",
+                    help="Only the recall part, merged into --out's existing results (the other parts kept).")
     args = ap.parse_args()
+    if args.recall_only:
+        with tempfile.TemporaryDirectory(prefix="raftsmith-bench-") as tmp:
+            merged: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+            got = recall_bench(args.data, Path(tmp), tuple(args.corpora.split(",")))
+            merged.setdefault("recall", {}).update(got)
+        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+        for corpus, variants in got.items():
+            for variant, row in (variants.items() if isinstance(variants, dict) else []):
+                say(f"{corpus} ({variant}): {row['documents']} docs, {row['questions']} questions, {row['chunks']} chunks, "
+                    + ", ".join(f"{name} R@5 {m['recall@5']:.3f}" for name, m in row["settings"].items()))
+        return
     with tempfile.TemporaryDirectory(prefix="raftsmith-bench-") as tmp:
         work = Path(tmp)
         result: dict[str, Any] = {"benchmark": "apibench-torchhub + kestrel",
