@@ -35,7 +35,7 @@ OUT = REPO / "benchmarks" / "results" / "ingest_workers.json"
 CHILD = """
 import json, sys, time
 from rag.config import load_workspace
-from rag.ingest.pipeline import ingest
+from rag.ingest.batches import ingest
 t0 = time.perf_counter()
 report = ingest(load_workspace(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - t0, "chunks": report.total_chunks,
@@ -49,12 +49,13 @@ from rag.config import load_workspace
 from rag.ingest.parsers import TextLimits, kind_for
 from rag.ingest import pipeline as p
 ws = load_workspace(sys.argv[1])
-p._worker_start(sys.argv[1], False)
+from rag.ingest import workers as w
+w.worker_start(sys.argv[1], False)
 files = sorted((ws.root / "docs").iterdir())
 t0 = time.perf_counter()
 n = 0
 for f in files:
-    res, item, _ = p._worker_read(p._Candidate(f"docs/{f.name}", kind_for(f), f), None)
+    res, item, _ = w.worker_read(p.Candidate(f"docs/{f.name}", kind_for(f), f), None)
     n += len(item.specs) if item else 0
 print(json.dumps({"seconds": time.perf_counter() - t0, "chunks": n}))
 """

@@ -32,7 +32,7 @@ from rag.errors import ConfigError, IngestError
 if TYPE_CHECKING:
     import numpy as np
 
-    from rag.ingest.pipeline import FileResult, _Candidate, _Run
+    from rag.ingest.batches import Batches, Candidate, FileResult
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ class FileWorker:
 
     def __init__(self, config_path: str, rebuild: bool):
         from rag.config import load_workspace
+        from rag.ingest.batches import Ingestor
         from rag.ingest.parsers import TextLimits
-        from rag.ingest.pipeline import _Ingestor
 
         self.ws = load_workspace(Path(config_path))
-        self.ing = _Ingestor(self.ws, None)
+        self.ing = Ingestor(self.ws, None)
         self.rebuild = rebuild
         self.max_bytes = int(self.ws.config.corpus.max_file_mb * 1_000_000)
         self.limits = TextLimits.for_corpus(self.ws.config.corpus)
@@ -65,18 +65,18 @@ class FileWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         import numpy as np
 
+        from rag.ingest.batches import Candidate, FileResult, chunk_file
         from rag.ingest.context import embed_text
-        from rag.ingest.pipeline import FileResult, _Candidate, read_file
 
         out: dict[str, list[Any]] = {k: [] for k in _FIELDS}
         done = []
         for i in range(len(batch["source"])):
             mtime = float(batch["mtime"][i])
-            c = _Candidate(str(batch["source"][i]), str(batch["kind"][i]), Path(str(batch["path"][i])),
+            c = Candidate(str(batch["source"][i]), str(batch["kind"][i]), Path(str(batch["path"][i])),
                            None if math.isnan(mtime) else mtime)
             res = FileResult(c.source, "ok")
             old = json.loads(str(batch["old"][i]))
-            item, _ = read_file(self.ing, c, res, old, rebuild=self.rebuild, max_bytes=self.max_bytes,
+            item, _ = chunk_file(self.ing, c, res, old, rebuild=self.rebuild, max_bytes=self.max_bytes,
                                 limits=self.limits)
             done.append((c, res, item))
         texts: dict[str, str] = {}
@@ -143,14 +143,14 @@ def _reachable(address: str, hint: str) -> None:
         raise IngestError(f"Cannot reach the Ray cluster at '{address}' ({err.strerror or err}). {hint}") from None
 
 
-def read_on_ray(run: _Run, cands: list[_Candidate], results: list[FileResult], *, address: str,
+def read_on_ray(run: Batches, cands: list[Candidate], results: list[FileResult], *, address: str,
                 workers: int | None, commit: Callable[[], None]) -> None:
     """Fill ``run`` from the Ray workers' results, calling ``commit`` whenever a batch is full."""
     import ray
     import ray.data
 
+    from rag.ingest.batches import FileResult, Item
     from rag.ingest.chunker import ChunkSpec
-    from rag.ingest.pipeline import FileResult, _Item
     from rag.ingest.secret_scan import scan_chunks
     from rag.progress import emit
 
@@ -163,7 +163,7 @@ def read_on_ray(run: _Run, cands: list[_Candidate], results: list[FileResult], *
         rows = [{"source": c.source, "path": str(c.path), "kind": c.kind,
                  "mtime": float("nan") if c.mtime is None else float(c.mtime),
                  "old": json.dumps(run.store.document(c.source))} for c in cands]
-        by_source: dict[str, tuple[_Candidate, FileResult]] = {}
+        by_source: dict[str, tuple[Candidate, FileResult]] = {}
         for c in cands:
             res = FileResult(c.source, "ok")
             results.append(res)
@@ -189,7 +189,7 @@ def read_on_ray(run: _Run, cands: list[_Candidate], results: list[FileResult], *
                     vectors = {run.ing.embed_sha(s): v for s, v in zip(specs, mat, strict=True)}
                     masked = scan_chunks(run.ws, c.source, specs)  # with this machine's keys too
                     mtime = float(batch["mtime"][i])
-                    item = _Item(c, res, str(batch["sha"][i]), None if math.isnan(mtime) else mtime,
+                    item = Item(c, res, str(batch["sha"][i]), None if math.isnan(mtime) else mtime,
                                  int(batch["size"][i]), masked, vectors)
                     res.embedded = int(batch["embedded"][i])
                     run.report.embeddings_computed += res.embedded
