@@ -5,7 +5,8 @@ the packaged MiniLM, SQLite/FTS5, FAISS build and calibration) at 10k and 100k c
         [--commit-every 2048,1000000000] [--single-at 100000]
 
 Each run is a fresh child process on a fresh workspace; its peak RSS is the child's
-``ru_maxrss``. The corpus is synthetic: markdown files of 10 sections, each section one chunk
+``ru_maxrss``; beside it, the peak of each phase sampled every 50 ms (reading, embedding and
+committing; then the FAISS build). The corpus is synthetic: markdown files of 10 sections, each section one chunk
 of ~25 tokens of made-up words with numbers (no two chunks alike, so every chunk is embedded).
 ``--commit-every`` lists the batch sizes run at every size (2048 is the default;
 1000000000 makes the whole ingest one batch, as before batches existed); ``--single-at``
@@ -35,17 +36,35 @@ SECTIONS = 10
 WORDS = 8  # made-up words per chunk: ~25 tokens with the heading path and the numbers
 
 CHILD = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from rag.config import load_workspace
+from rag.ingest import pipeline
 from rag.ingest.pipeline import ingest
+
+# the peak RSS of each phase: reading + embedding + commits, then the FAISS build
+phase, peaks, stop = ["ingest"], {"ingest": 0.0, "faiss": 0.0}, threading.Event()
+def sample():
+    while not stop.is_set():
+        with open("/proc/self/status") as f:
+            rss = next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+        peaks[phase[0]] = max(peaks[phase[0]], rss)
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+real_update = pipeline.update_faiss
+def update(*a, **k):
+    phase[0] = "faiss"
+    return real_update(*a, **k)
+pipeline.update_faiss = update
 t0 = time.perf_counter()
 report = ingest(load_workspace(sys.argv[1]))
 seconds = time.perf_counter() - t0
+stop.set()
 from rag.index.stats import index_stats
 st = index_stats(load_workspace(sys.argv[1]).index_dir, measure_ram=False)
 print(json.dumps({"seconds": seconds, "chunks": report.total_chunks, "embedded": report.embeddings_computed,
                   "faiss_kind": st["faiss_kind"], "store_mb": st.get("disk_mb", {}).get("store"),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "phase_peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()}}))
 """
 
 

@@ -416,7 +416,7 @@ TRAIN_SAMPLE = 100_000
 
 
 #: vectors read from SQLite (or an array) per block while an index is built or calibrated
-BLOCK = 16_384  # 12 MB of float16 blobs, 25 MB as float32
+BLOCK = 4096  # ~13 MB in flight per block (the rows, their blobs joined, float32)
 
 
 class ArrayVectors:
