@@ -35,7 +35,7 @@ OUT = REPO / "benchmarks" / "results" / "ingest_workers.json"
 CHILD = """
 import json, sys, time
 from rag.config import load_workspace
-from rag.ingest.batches import ingest
+from rag.ingest.pipeline import ingest
 t0 = time.perf_counter()
 report = ingest(load_workspace(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - t0, "chunks": report.total_chunks,
@@ -46,16 +46,16 @@ PARSE_ONLY = """
 import json, sys, time
 from pathlib import Path
 from rag.config import load_workspace
-from rag.ingest.parsers import TextLimits, kind_for
-from rag.ingest import pipeline as p
-ws = load_workspace(sys.argv[1])
+from rag.ingest.batches import Candidate
+from rag.ingest.parsers import kind_for
 from rag.ingest import workers as w
+ws = load_workspace(sys.argv[1])
 w.worker_start(sys.argv[1], False)
 files = sorted((ws.root / "docs").iterdir())
 t0 = time.perf_counter()
 n = 0
 for f in files:
-    res, item, _ = w.worker_read(p.Candidate(f"docs/{f.name}", kind_for(f), f), None)
+    res, item, _ = w.worker_read(Candidate(f"docs/{f.name}", kind_for(f), f), None)
     n += len(item.specs) if item else 0
 print(json.dumps({"seconds": time.perf_counter() - t0, "chunks": n}))
 """

@@ -555,9 +555,10 @@ def build_faiss_from(source: ArrayVectors, kind: str, dim: int, memory_budget_mb
     kind = choose_kind(kind, n, dim, memory_budget_mb)
     index: Any
     if kind == "hnsw":
-        # the graph over float16 vectors: the precision the store keeps them in, so nothing is
-        # lost; 0.58x the RAM and file of float32 ones at 100k, recall and latency the same
-        # (an index saved with float32 vectors loads and updates as before)
+        # the graph over float16 vectors: the store keeps them in float16, so the distances are
+        # the same; at 100k 0.58x the RAM and file of a float32 graph, 0.64x the build time
+        # (benchmarks/index_scale.py --kinds hnsw-float32,hnsw). An index saved with float32
+        # vectors loads and updates as before.
         fp16: Any = faiss.ScalarQuantizer.QT_fp16  # the stubs call this argument a ScalarQuantizer
         base = faiss.IndexHNSWSQ(dim, fp16, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efConstruction = 100
