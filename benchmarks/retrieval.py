@@ -92,7 +92,7 @@ def recipe(contextual: bool) -> Iterator[None]:
     """``contextual=False``: the index as it was before contextual chunks (no document context
     embedded or indexed, no identifier forms in FTS5 or in queries), for the side-by-side."""
     import rag.index.store as store_mod
-    import rag.ingest.pipeline as pipeline_mod
+    import rag.ingest.batches as pipeline_mod
 
     saved = (pipeline_mod.add_context, store_mod.identifier_forms)
     if not contextual:
