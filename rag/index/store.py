@@ -202,7 +202,7 @@ class IndexStore:
                     f"The index at {self.index_dir} has format {version}; this raftsmith reads formats "
                     f"{MIN_SCHEMA_VERSION}-{SCHEMA_VERSION} (chunks indexed with their document context). {REBUILD_HINT}"
                 )
-            self.outdated = True  # ingest rebuilds it in one transaction (reset()); nothing else writes
+            self.outdated = True  # ingest rebuilds it (reset() in its first commit); nothing else writes
         elif not readonly:
             self.con.executescript(_SCHEMA)
             if version is None:
