@@ -364,6 +364,16 @@ class IndexStore:
                 out[int(i)] = self.decode_vec(blob)
         return out
 
+    def vector_matrix(self, ids: Iterable[int]) -> np.ndarray:
+        """The vectors of ``ids`` as rows of a float32 matrix, in that order; every id must be stored."""
+        import numpy as np
+
+        wanted = [int(i) for i in ids]
+        found = self.vectors_for_ids(wanted)
+        if len(found) != len(set(wanted)):
+            raise IndexStoreError(f"The index at {self.index_dir} changed while it was read; run the command again.")
+        return np.stack([found[i] for i in wanted]).astype(np.float32, copy=False)
+
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (id, float32 vector), ascending by id, in memory (small indexes and tests; the
         ingest and the in-memory rebuild read blocks through :class:`StoreVectors`)."""
@@ -479,13 +489,7 @@ class StoreVectors(ArrayVectors):
         return self.by_ids(self.ids[positions])
 
     def by_ids(self, ids: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        wanted = [int(i) for i in ids]
-        found = self.store.vectors_for_ids(wanted)
-        if len(found) != len(set(wanted)):
-            raise IndexStoreError(f"The index at {self.store.index_dir} changed while it was read; run the command again.")
-        return np.stack([found[i] for i in wanted]).astype(np.float32, copy=False)
+        return self.store.vector_matrix(ids)
 
 
 def resident_bytes(kind: str, n: int, dim: int) -> int:
@@ -571,8 +575,7 @@ def build_faiss_from(source: ArrayVectors, kind: str, dim: int, memory_budget_mb
         index.train(training_sample(source, max(TRAIN_SAMPLE, 39 * nlist), seed))
         index.nprobe = min(nlist, 16)
     elif kind == "ivfpq" and n >= 256 * 39:
-        take = min(n, max(TRAIN_SAMPLE, 39 * ivf_nlist(n)))
-        index = train_ivfpq(training_sample(source, take, seed), dim, n, seed=seed)
+        index = train_ivfpq(training_sample(source, max(TRAIN_SAMPLE, 39 * ivf_nlist(n)), seed), dim, n, seed=seed)
     else:
         index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     for ids, mat in source.blocks():
@@ -580,17 +583,12 @@ def build_faiss_from(source: ArrayVectors, kind: str, dim: int, memory_budget_mb
     return index
 
 
-def train_ivfpq(sample_from: np.ndarray, dim: int, n: int, seed: int = 0) -> Any:
-    """An empty, trained IVF-PQ index for ``n`` vectors; trained on at most TRAIN_SAMPLE rows of
-    ``sample_from`` drawn at random (k-means cost grows with the sample, not with ``n``)."""
+def train_ivfpq(sample: np.ndarray, dim: int, n: int, seed: int = 0) -> Any:
+    """An empty IVF-PQ index for ``n`` vectors, trained on ``sample`` (:func:`training_sample`:
+    k-means cost grows with the sample, not with ``n``)."""
     import faiss
-    import numpy as np
 
     nlist = ivf_nlist(n)
-    rng = np.random.default_rng(seed)
-    take = min(len(sample_from), max(TRAIN_SAMPLE, 39 * nlist))
-    rows = np.sort(rng.choice(len(sample_from), size=take, replace=False)) if take < len(sample_from) else None
-    sample = np.ascontiguousarray(sample_from if rows is None else sample_from[rows], dtype=np.float32)
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_m(dim), 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed

@@ -87,7 +87,5 @@ def _add_vectors(store: IndexStore, index: Any, new_ids: Sequence[int]) -> None:
     import numpy as np
 
     for start in range(0, len(new_ids), BLOCK):
-        part = [int(i) for i in new_ids[start:start + BLOCK]]
-        stored = store.vectors_for_ids(part)
-        mat = np.stack([stored[i] for i in part]).astype(np.float32)
-        index.add_with_ids(mat, np.asarray(part, dtype=np.int64))
+        part = np.asarray(new_ids[start:start + BLOCK], dtype=np.int64)
+        index.add_with_ids(store.vector_matrix(part), part)

@@ -87,6 +87,9 @@ class Ingestor:
         self.ws = ws
         self.cfg = ws.config
         self.progress = progress
+        #: what one file may be and yield (corpus.max_file_mb and the text limits)
+        self.max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
+        self.limits = TextLimits.for_corpus(ws.config.corpus)
         self._embedder: Any = None
         self._chunker: Chunker | None = None
 
@@ -153,15 +156,15 @@ class Item:
     vectors: dict[str, np.ndarray] | None = None  # embed_sha -> vector, when a worker embedded them
 
 
-def chunk_file(ing: Ingestor, c: Candidate, res: FileResult, old: dict[str, Any] | None, *, rebuild: bool,
-              max_bytes: int, limits: TextLimits) -> tuple[Item | None, int]:
+def chunk_file(ing: Ingestor, c: Candidate, res: FileResult, old: dict[str, Any] | None, *,
+               rebuild: bool) -> tuple[Item | None, int]:
     """Read, hash, parse and chunk one file: (the item to store, or None when the file is
     unchanged since ``old`` or failed; bytes read). A failure is recorded in ``res``, never raised."""
     ws = ing.ws
     size = 0
     try:
         assert c.path is not None
-        data, st = read_regular(c.path, max_bytes)  # regular files only, never past max_bytes
+        data, st = read_regular(c.path, ing.max_bytes)  # regular files only, never past max_bytes
         size = st.st_size
         mtime = c.mtime if c.mtime is not None else st.st_mtime
         sha = hashlib.sha256(data).hexdigest()
@@ -169,7 +172,7 @@ def chunk_file(ing: Ingestor, c: Candidate, res: FileResult, old: dict[str, Any]
             res.status, res.reason = old["status"], old["reason"]
             res.action, res.chunks = "unchanged", int(old["n_chunks"])
             return None, size
-        doc = parse_bytes(data, c.kind, c.path.name, limits)
+        doc = parse_bytes(data, c.kind, c.path.name, ing.limits)
         del data
         specs = ing.chunker.chunk(doc, c.source)
         specs = scan_chunks(ws, c.source, specs)  # secrets: warn, or mask (corpus.redact)
@@ -206,8 +209,6 @@ class Batches:
         self.failed: list[tuple[Candidate, FileResult]] = []
         self.pending_chunks = 0
         self.commits = 0
-        self.bumped = False
-        self.any_items = False
         self.new_ids = array.array("q")  # ids added by this run (HNSW and IVF add them to the saved index)
         store.deleted_ids = array.array("q")  # ids removed by this run (IVF removes them from it)
         self.old_generation = int(store.get_meta("generation") or 0)
@@ -233,10 +234,9 @@ class Batches:
                 with contextlib.suppress(OSError, TypeError):
                     self.bytes_total += os.stat(c.path).st_size  # type: ignore[arg-type]
 
-    def read(self, c: Candidate, res: FileResult, max_bytes: int, limits: TextLimits) -> None:
+    def read(self, c: Candidate, res: FileResult) -> None:
         """Read, hash, parse and chunk one file into the pending batch (nothing when unchanged)."""
-        item, size = chunk_file(self.ing, c, res, self.store.document(c.source), rebuild=self.rebuild,
-                               max_bytes=max_bytes, limits=limits)
+        item, size = chunk_file(self.ing, c, res, self.store.document(c.source), rebuild=self.rebuild)
         self.bytes_read += size
         self.add(c, res, item)
 
@@ -275,14 +275,10 @@ class Batches:
                 report.chunks_removed += store.delete_chunks(c.source)
                 store.put_document(c.source, sha256=None, mtime=None, size=None, kind=c.kind,
                                    status=res.status, reason=res.reason, n_chunks=0)
-            self.any_items = self.any_items or bool(self.pending)
             if final:
                 self._last(cands, prune, results)
-            if not self.bumped and (self.pending or report.chunks_removed > removed_before or
-                                    (self.commits == 0 and self.rebuild)):
-                self.generation = self.old_generation + 1
-                self.bumped = True
-                store.set_meta("generation", str(self.generation))
+            if self.pending or report.chunks_removed > removed_before or (self.commits == 0 and self.rebuild):
+                self._bump()
             if final:
                 store.con.execute("DELETE FROM meta WHERE key='ingest_started_at'")
             elif self.pending or self.failed:
@@ -313,6 +309,12 @@ class Batches:
         store.set_meta("embedding_vectors", self.family)
         store.set_meta("chunking", self.chunking_sig)
 
+    def _bump(self) -> None:
+        """This run changes the index: its generation is one past the one it found (once)."""
+        if self.generation == self.old_generation:
+            self.generation = self.old_generation + 1
+            self.store.set_meta("generation", str(self.generation))
+
     @property
     def _kind_changed(self) -> bool:
         return self.store.get_meta("faiss_kind") != self.kind
@@ -332,16 +334,13 @@ class Batches:
                     report.chunks_removed += store.delete_document(src)
                     results.append(FileResult(src, "ok", "file no longer exists", "removed"))
         self.n_total = store.count_chunks()
-        if self.any_items:
-            self.dim = self.vec_dim or int(self.ing.embedder.dim)
+        if self.vec_dim:  # set by every batch that wrote chunks
+            self.dim = self.vec_dim
         self.kind = choose_kind(self.ws.config.index.kind, self.n_total, self.dim or 384,
                                 self.ws.config.index.memory_budget_mb)
         if self._kind_changed:
             store.set_meta("faiss_kind", self.kind)
-            if not self.bumped:
-                self.generation = self.old_generation + 1
-                self.bumped = True
-                store.set_meta("generation", str(self.generation))
+            self._bump()
         if self.dim:
             store.set_meta("dim", str(self.dim))
 

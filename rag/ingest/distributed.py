@@ -54,13 +54,10 @@ class FileWorker:
     def __init__(self, config_path: str, rebuild: bool):
         from rag.config import load_workspace
         from rag.ingest.batches import Ingestor
-        from rag.ingest.parsers import TextLimits
 
         self.ws = load_workspace(Path(config_path))
         self.ing = Ingestor(self.ws, None)
         self.rebuild = rebuild
-        self.max_bytes = int(self.ws.config.corpus.max_file_mb * 1_000_000)
-        self.limits = TextLimits.for_corpus(self.ws.config.corpus)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         import numpy as np
@@ -76,8 +73,7 @@ class FileWorker:
                            None if math.isnan(mtime) else mtime)
             res = FileResult(c.source, "ok")
             old = json.loads(str(batch["old"][i]))
-            item, _ = chunk_file(self.ing, c, res, old, rebuild=self.rebuild, max_bytes=self.max_bytes,
-                                limits=self.limits)
+            item, _ = chunk_file(self.ing, c, res, old, rebuild=self.rebuild)
             done.append((c, res, item))
         texts: dict[str, str] = {}
         for _, _, item in done:

@@ -23,7 +23,7 @@ from rag.index.store import HNSW_THRESHOLD, IndexStore, writer_lock
 from rag.index.update import update_faiss
 from rag.ingest.batches import Batches, Candidate, FileResult, Ingestor, IngestReport, is_url
 from rag.ingest.context import CONTEXT_VERSION, embed_text
-from rag.ingest.parsers import TextLimits, kind_for
+from rag.ingest.parsers import kind_for
 from rag.progress import Progress
 
 if TYPE_CHECKING:
@@ -148,8 +148,6 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
     report = IngestReport(index_dir=str(ws.index_dir))
     paths = list(paths) if paths else list(ws.config.corpus.paths)
     ing = Ingestor(ws, progress)
-    max_bytes = int(ws.config.corpus.max_file_mb * 1_000_000)
-    limits = TextLimits.for_corpus(ws.config.corpus)
     chunking_sig = (f"{CHUNKER_VERSION}/ctx{CONTEXT_VERSION}/{ws.config.corpus.chunk_tokens}"
                     f"/{ws.config.corpus.chunk_overlap}")
     chunking_sig += "/redact" if ws.config.corpus.redact else ""  # switching it re-chunks every stored text
@@ -194,7 +192,7 @@ def ingest(ws: Workspace, paths: Sequence[str] | None = None, prune: bool = Fals
                 for c in cands:
                     res = FileResult(c.source, "ok")
                     results.append(res)
-                    run.read(c, res, max_bytes, limits)
+                    run.read(c, res)
                     if run.pending_chunks >= ws.config.corpus.commit_every:
                         run.commit(cands, prune=prune, results=results, final=False)
             run.commit(cands, prune=prune, results=results, final=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.ingest.batches import Candidate, FileResult, Ingestor, Item, chunk_file
-from rag.ingest.parsers import TextLimits
 
 if TYPE_CHECKING:
     from rag.ingest.batches import Batches
@@ -32,14 +31,12 @@ def worker_start(config_path: str, rebuild: bool) -> None:
     model_dir = resolve_model_dir(ws.config.embedding, ws.root)
     if TokenCounter.usable(model_dir):
         ing._embedder = TokenCounter(model_dir)
-    _WORKER.update(ing=ing, rebuild=rebuild, max_bytes=int(ws.config.corpus.max_file_mb * 1_000_000),
-                   limits=TextLimits.for_corpus(ws.config.corpus))
+    _WORKER.update(ing=ing, rebuild=rebuild)
 
 
 def worker_read(c: Candidate, old: dict[str, Any] | None) -> tuple[FileResult, Item | None, int]:
     res = FileResult(c.source, "ok")
-    item, size = chunk_file(_WORKER["ing"], c, res, old, rebuild=_WORKER["rebuild"],
-                           max_bytes=_WORKER["max_bytes"], limits=_WORKER["limits"])
+    item, size = chunk_file(_WORKER["ing"], c, res, old, rebuild=_WORKER["rebuild"])
     return res, item, size
 
 
