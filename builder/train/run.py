@@ -63,6 +63,7 @@ class TrainResult:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     knowledge: dict[str, Any] | None = None  # closed-book accuracy per epoch, and the epoch kept
     replay_rows: int = 0  # the base model's own answers to general prompts, trained on beside the data
+    adapter_scale: float = 1.0  # the LoRA update's strength baked into the saved adapter
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,6 +123,7 @@ def hyperparameters(ws: Workspace, family: Family, epochs: float | None) -> dict
         "seed": st.seed,
         "precision": st.precision,
         "replay": st.replay,
+        "adapter_scale": st.adapter_scale,
         "lr_scheduler": "cosine",
         "warmup_fraction": 0.05,
     }
@@ -233,6 +235,11 @@ def run_train(
         ckpt = _last_checkpoint(run_dir) if resume else None
         out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         restored = tracker.restore_best(model) if tracker is not None else False
+        scale = float(hp.get("adapter_scale", 1.0))
+        if scale != 1.0:
+            from builder.train.scale import bake_scale
+
+            bake_scale(model, scale)
         eval_loss = None
         if enc_eval is not None and len(enc_eval.input_ids):
             # The per-epoch evaluation already ran on the final weights; reuse it.
@@ -261,12 +268,13 @@ def run_train(
         "tokens_per_s": round(tokens_per_s, 1), "eval_loss": eval_loss, "backend": be.name,
         "knowledge": ({**tracker.to_dict(), "restored_best": restored} if tracker is not None else None),
         "frozen_layer_cache": frozen.to_dict() if frozen is not None else None,
+        "adapter_scale": scale,
     })
     if frozen is not None:
         frozen.remove()
     knowledge = report.get("knowledge")
     meta.update({"status": "done", "finished_at": utc_now(), "final_loss": report["final_train_loss"],
-                 "knowledge": knowledge,
+                 "knowledge": knowledge, "adapter_scale": scale,
                  "eval_loss": eval_loss, "adapter": "adapter", "report": "report.json",
                  "used_rows": len(enc_train.input_ids), "dropped_too_long": enc_train.dropped_too_long})
     meta["quantization"] = ("nf4" if getattr(be, "quantized", be.name == "unsloth") else "none") if _cuda() else None
@@ -278,7 +286,7 @@ def run_train(
         eval_loss=eval_loss, seconds=round(seconds, 2), tokens_per_s=round(tokens_per_s, 1),
         report_path=run_dir / "report.json", plot_path=report.get("plot_path"),
         resumed_from=str(ckpt) if ckpt else None, dropped_too_long=enc_train.dropped_too_long,
-        hyperparameters=hp, knowledge=knowledge,
+        hyperparameters=hp, knowledge=knowledge, adapter_scale=scale,
     )
 
 
