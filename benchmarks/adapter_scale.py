@@ -53,7 +53,7 @@ def main() -> None:
                 kw["lora_scale"] = scale["s"]
             super().__init__(*a, **kw)
 
-    llama_cpp.Llama = ScaledAdapter  # load_llama imports it by name at call time
+    llama_cpp.Llama = ScaledAdapter  # type: ignore[misc]  # load_llama imports it by name at call time
     modes = (False, True) if args.rag else (False,)
 
     def measure(model: str, tag: str) -> tuple[dict[str, Any], set[str]]:
@@ -68,6 +68,8 @@ def main() -> None:
         return {"cells": cells, "general_right": len(right), "probe_n": rep.probe["n"],
                 "seconds": round(time.monotonic() - t, 1)}, right
 
+    name = ws.config.corpus.name
+    out = args.out or REPO / "benchmarks" / "results" / f"adapter_scale-{name}.json"
     base, base_right = measure("base", "base")
     print("base", json.dumps(base), flush=True)
     rows: list[dict[str, Any]] = []
@@ -77,8 +79,13 @@ def main() -> None:
         row = {"scale": s, **row, "retention": round(len(right & base_right) / len(base_right), 4) if base_right else None}
         rows.append(row)
         print(s, json.dumps(row), flush=True)
-    name = ws.config.corpus.name
-    out = args.out or REPO / "benchmarks" / "results" / f"adapter_scale-{name}.json"
+        _write(out, args, name, base, rows)  # after every scale: a stopped run keeps what it measured
+    print(json.dumps(_write(out, args, name, base, rows)["headline"], indent=2))
+    print(f"wrote {out}")
+
+
+def _write(out: Path, args: argparse.Namespace, name: str, base: dict[str, Any],
+           rows: list[dict[str, Any]]) -> dict[str, Any]:
     result = {
         "benchmark": "adapter_scale", "corpus": name, "questions": args.questions,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -91,8 +98,7 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result["headline"], indent=2))
-    print(f"wrote {out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -13,11 +13,18 @@ real SQLite/FTS5 store. Queries are stored vectors plus noise of norm ~1 (cosine
 their source, like real questions to their answers) with 8 random words. Query-side RSS is
 measured in a fresh process that only loads the FAISS file (the store is read from disk).
 Adds its sizes to benchmarks/results/index_scale.json.
+
+``--stream`` (for 10M) never holds the vectors whole: each block of 100k is drawn from its own
+seed, inserted and committed, and drawn again where the exact top 10 is needed. FAISS is built
+and calibrated from the store a block at a time, as ingest builds it. The queries then run in a
+fresh process that opens the index as the laptop does (a Retriever; query vectors given, so no
+embedder is loaded) and reports that process's peak RSS, with the dense, BM25 and hybrid p50s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -33,6 +40,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from retrieval import rss_mb, say  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from rag.config import EmbeddingConfig  # noqa: E402
 from rag.index.store import (  # noqa: E402
     FAISS_NAME,
@@ -40,10 +49,14 @@ from rag.index.store import (  # noqa: E402
     NEW_VECTOR_DTYPE,
     ChunkRow,
     IndexStore,
+    StoreVectors,
     build_faiss,
+    build_faiss_from,
     calibrate,
+    calibrate_from,
     exact_top_k,
     save_faiss,
+    top_k_over,
 )
 from rag.retrieve import Retriever  # noqa: E402
 
@@ -136,6 +149,118 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
     return row
 
 
+STREAM_BLOCK = 100_000
+VOCAB = 20_000
+
+
+def _stream_block(b: int, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block ``b`` of the streamed corpus: (ids, float32 unit vectors, word indexes), the same
+    every time it is drawn."""
+    rnd = np.random.default_rng((7, b))
+    start = b * STREAM_BLOCK
+    m = min(STREAM_BLOCK, n - start)
+    v = centres[rnd.integers(0, len(centres), m)] + rnd.standard_normal((m, DIM)).astype(np.float32) / np.sqrt(DIM)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return np.arange(start + 1, start + m + 1, dtype=np.int64), v, rnd.integers(0, VOCAB, size=(m, 60))
+
+
+def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200) -> dict[str, Any]:
+    """One size, one kind, in bounded memory (see the module docstring)."""
+    rnd = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(VOCAB)]
+    d = work / f"stream-{n}"
+    store = IndexStore(d)
+    centres = rnd.standard_normal((max(1, n // 100), DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    blocks = (n + STREAM_BLOCK - 1) // STREAM_BLOCK
+    picks = np.sort(rnd.choice(n, queries, replace=False))
+    qv = np.empty((queries, DIM), dtype=np.float32)
+    t0 = time.perf_counter()
+    for b in range(blocks):
+        ids, vecs, words = _stream_block(b, n, centres)
+        here = (picks >= b * STREAM_BLOCK) & (picks < b * STREAM_BLOCK + len(ids))
+        qv[here] = vecs[picks[here] - b * STREAM_BLOCK]
+        with store.transaction():  # one commit per block, as ingest commits its batches
+            store.insert_chunks(
+                (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
+                          " ".join(vocab[j] for j in words[r]), 60, f"{i}"), vecs[r])
+                for r, i in enumerate(ids.tolist()))
+        if b % 10 == 9 or b == blocks - 1:
+            say(f"{n}: inserted {int(ids[-1]):,} rows, {time.perf_counter() - t0:.0f} s")
+    with store.transaction():
+        store.set_meta("generation", "1")
+        store.set_meta("embedding_model", "default")
+    row: dict[str, Any] = {"vectors": "synthetic clustered unit vectors (1 centre per 100), 384-d, drawn per block",
+                           "vector_dtype": store.vector_dtype, "streamed": True,
+                           "sqlite_insert_s": round(time.perf_counter() - t0, 1),
+                           "store_mb": round((d / "store.sqlite").stat().st_size / 1e6, 1)}
+    qv += rnd.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM)
+    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+    qtext = [" ".join(vocab[j] for j in rnd.integers(0, VOCAB, 8)) for _ in range(queries)]
+    t0 = time.perf_counter()
+    truth = top_k_over((_stream_block(b, n, centres)[:2] for b in range(blocks)), qv, 10)
+    row["exact_truth_s"] = round(time.perf_counter() - t0, 1)
+    say(f"{n}: {kind}")
+    source = StoreVectors(store)
+    t0 = time.perf_counter()
+    index = build_faiss_from(source, kind, DIM)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    search = calibrate_from(index, source, 0.95)
+    calib_s = time.perf_counter() - t0
+    with store.transaction():
+        store.set_meta("faiss_kind", kind)
+    save_faiss(d, index, {"generation": 1, "faiss_kind": kind, "search": search})
+    del index, source
+    store.close()
+    res: dict[str, Any] = {"build_s": round(build_s, 1), "calibrate_s": round(calib_s, 1),
+                           "search": {k: v for k, v in search.items() if k != "tried"},
+                           "search_tried": search.get("tried"),
+                           "faiss_file_mb": round((d / FAISS_NAME).stat().st_size / 1e6, 1),
+                           "faiss_only": query_rss_mb(d / FAISS_NAME)}
+    np.savez(d / "queries.npz", qv=qv, truth=truth, qtext=np.array(qtext))
+    res["query_side"] = query_side(d)
+    row[kind] = res
+    row["build_peak_rss_mb"] = round(rss_mb(), 1)
+    say(f"{n} {kind}: {json.dumps(res)}")
+    return row
+
+
+def query_side(d: Path) -> dict[str, Any]:
+    say(f"{d.name}: queries in a fresh process")
+    out = subprocess.run([sys.executable, __file__, "--query-phase", str(d)], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def query_phase(d: Path) -> dict[str, Any]:
+    """The laptop's side in this process alone: open the index, run every query dense, BM25 and
+    hybrid; peak RSS (VmHWM) and RSS after, recall@10 of the dense search against exact."""
+    data = np.load(d / "queries.npz")
+    qv, truth, qtext = data["qv"], data["truth"], [str(t) for t in data["qtext"]]
+    out: dict[str, Any] = {}
+    with Retriever(d, EmbeddingConfig()) as r:
+        t0 = time.perf_counter()
+        r._index()
+        out["faiss_load_s"] = round(time.perf_counter() - t0, 1)
+        got = [[int(i) for i, _ in r._dense(q, 10)] for q in qv]
+        out["recall@10_vs_flat"] = round(float(np.mean(
+            [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
+        for mode in ("dense", "bm25", "hybrid"):
+            lat = []
+            for i in range(len(qv)):
+                t0 = time.perf_counter()
+                r._search_one(qtext[i], None if mode == "bm25" else qv[i], 5, mode, False)
+                lat.append((time.perf_counter() - t0) * 1000)
+            out[f"{mode}_p50_ms"] = round(statistics.median(lat), 2)
+            out[f"{mode}_p90_ms"] = round(float(np.percentile(lat, 90)), 2)
+        status = {line.split(":")[0]: line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith(("VmHWM", "VmRSS"))}
+        out["peak_rss_mb"] = round(int(status["VmHWM"]) / 1024, 1)
+        out["rss_mb"] = round(int(status["VmRSS"]) / 1024, 1)
+    return out
+
+
 def hnsw_float32(ids: Any, vecs: Any) -> Any:
     """HNSW over float32 vectors, as raftsmith built it before float16 (kind 'hnsw-float32')."""
     import faiss
@@ -156,7 +281,32 @@ def main() -> None:
     ap.add_argument("--vector-dtypes", default=NEW_VECTOR_DTYPE,
                     help="the store's vector dtype; 'float32,float16' runs both side by side (key vector_dtype_N)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "index_scale.json")
+    ap.add_argument("--stream", action="store_true",
+                    help="bounded memory (for 10M): one kind (the first of --kinds), vectors drawn per block, the "
+                         "queries in a fresh process; key stream_N")
+    ap.add_argument("--work", type=Path,
+                    help="--stream: where the stores go, kept after (default: a temporary folder, removed after)")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="--stream with --work: run only the query phase again over the stores kept there")
+    ap.add_argument("--query-phase", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.query_phase:
+        print(json.dumps(query_phase(args.query_phase)))
+        return
+    if args.stream:
+        with contextlib.ExitStack() as stack:
+            work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-")))
+            for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+                if args.queries_only:
+                    row = json.loads(args.out.read_text())[f"stream_{n}"]
+                    row[args.kinds.split(",")[0]]["query_side"] = query_side(work / f"stream-{n}")
+                else:
+                    row = bench_stream(n, work, args.kinds.split(",")[0])
+                result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+                result[f"stream_{n}"] = row
+                args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {args.out}")
+        return
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     dtypes = [t for t in args.vector_dtypes.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-") as tmp:
