@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import numpy as np  # noqa: E402
 from retrieval import rss_mb, say  # noqa: E402
 
-import numpy as np  # noqa: E402
-
+import rag.index.store as store_mod  # noqa: E402
 from rag.config import EmbeddingConfig  # noqa: E402
 from rag.index.store import (  # noqa: E402
     FAISS_NAME,
@@ -55,6 +55,7 @@ from rag.index.store import (  # noqa: E402
     calibrate,
     calibrate_from,
     exact_top_k,
+    query_terms,
     save_faiss,
     top_k_over,
 )
@@ -151,9 +152,26 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
 
 STREAM_BLOCK = 100_000
 VOCAB = 20_000
+#: --text zipf: a vocabulary this large, word of rank r drawn with probability ~ 1/r (as in real text:
+#: the commonest word in nearly every chunk, most words in a few)
+ZIPF_VOCAB = 500_000
 
 
-def _stream_block(b: int, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _zipf_cdf() -> np.ndarray:
+    p = 1.0 / np.arange(1, ZIPF_VOCAB + 1)
+    return np.cumsum(p / p.sum())
+
+
+def _words(rnd: np.random.Generator, shape: tuple[int, ...], text: str) -> np.ndarray:
+    if text == "zipf":
+        return np.minimum(np.searchsorted(_ZIPF_CDF, rnd.random(shape)), ZIPF_VOCAB - 1)
+    return rnd.integers(0, VOCAB, size=shape)
+
+
+_ZIPF_CDF = _zipf_cdf()
+
+
+def _stream_block(b: int, n: int, centres: np.ndarray, text: str = "uniform") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Block ``b`` of the streamed corpus: (ids, float32 unit vectors, word indexes), the same
     every time it is drawn."""
     rnd = np.random.default_rng((7, b))
@@ -161,14 +179,18 @@ def _stream_block(b: int, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.n
     m = min(STREAM_BLOCK, n - start)
     v = centres[rnd.integers(0, len(centres), m)] + rnd.standard_normal((m, DIM)).astype(np.float32) / np.sqrt(DIM)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return np.arange(start + 1, start + m + 1, dtype=np.int64), v, rnd.integers(0, VOCAB, size=(m, 60))
+    return np.arange(start + 1, start + m + 1, dtype=np.int64), v, _words(rnd, (m, 60), text)
 
 
-def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200) -> dict[str, Any]:
+def stream_key(n: int, text: str) -> str:
+    return f"stream_{n}" if text == "uniform" else f"stream_{n}_{text}"
+
+
+def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200, text: str = "uniform") -> dict[str, Any]:
     """One size, one kind, in bounded memory (see the module docstring)."""
     rnd = np.random.default_rng(0)
-    vocab = [f"w{i}" for i in range(VOCAB)]
-    d = work / f"stream-{n}"
+    vocab = [f"w{i}" for i in range(ZIPF_VOCAB if text == "zipf" else VOCAB)]
+    d = work / stream_key(n, text).replace("_", "-")
     store = IndexStore(d)
     centres = rnd.standard_normal((max(1, n // 100), DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -177,7 +199,7 @@ def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200) ->
     qv = np.empty((queries, DIM), dtype=np.float32)
     t0 = time.perf_counter()
     for b in range(blocks):
-        ids, vecs, words = _stream_block(b, n, centres)
+        ids, vecs, words = _stream_block(b, n, centres, text)
         here = (picks >= b * STREAM_BLOCK) & (picks < b * STREAM_BLOCK + len(ids))
         qv[here] = vecs[picks[here] - b * STREAM_BLOCK]
         with store.transaction():  # one commit per block, as ingest commits its batches
@@ -191,14 +213,16 @@ def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200) ->
         store.set_meta("generation", "1")
         store.set_meta("embedding_model", "default")
     row: dict[str, Any] = {"vectors": "synthetic clustered unit vectors (1 centre per 100), 384-d, drawn per block",
+                           "text": (f"60 words a chunk, 8 a query, drawn with P(rank r) ~ 1/r from {ZIPF_VOCAB:,}"
+                                    if text == "zipf" else f"60 words a chunk, 8 a query, uniform over {VOCAB:,}"),
                            "vector_dtype": store.vector_dtype, "streamed": True,
                            "sqlite_insert_s": round(time.perf_counter() - t0, 1),
                            "store_mb": round((d / "store.sqlite").stat().st_size / 1e6, 1)}
     qv += rnd.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM)
     qv /= np.linalg.norm(qv, axis=1, keepdims=True)
-    qtext = [" ".join(vocab[j] for j in rnd.integers(0, VOCAB, 8)) for _ in range(queries)]
+    qtext = [" ".join(vocab[j] for j in _words(rnd, (8,), text)) for _ in range(queries)]
     t0 = time.perf_counter()
-    truth = top_k_over((_stream_block(b, n, centres)[:2] for b in range(blocks)), qv, 10)
+    truth = top_k_over((_stream_block(b, n, centres, text)[:2] for b in range(blocks)), qv, 10)
     row["exact_truth_s"] = round(time.perf_counter() - t0, 1)
     say(f"{n}: {kind}")
     source = StoreVectors(store)
@@ -246,19 +270,61 @@ def query_phase(d: Path) -> dict[str, Any]:
         got = [[int(i) for i, _ in r._dense(q, 10)] for q in qv]
         out["recall@10_vs_flat"] = round(float(np.mean(
             [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
-        for mode in ("dense", "bm25", "hybrid"):
-            lat = []
+        def run(mode: str) -> tuple[list[float], list[list[str]]]:
+            lat, got = [], []
             for i in range(len(qv)):
                 t0 = time.perf_counter()
-                r._search_one(qtext[i], None if mode == "bm25" else qv[i], 5, mode, False)
+                hits = r._search_one(qtext[i], None if mode == "bm25" else qv[i], 10 if mode == "bm25" else 5, mode,
+                                     False)
                 lat.append((time.perf_counter() - t0) * 1000)
+                got.append([c.chunk_id for c in hits])
+            return lat, got
+
+        run("bm25")  # a pass to warm the page cache, not timed
+        for mode in ("dense", "bm25", "hybrid"):
+            lat, _ = run(mode)
             out[f"{mode}_p50_ms"] = round(statistics.median(lat), 2)
             out[f"{mode}_p90_ms"] = round(float(np.percentile(lat, 90)), 2)
+        out["bm25_budget"] = bm25_budgets(r, run, qtext)
         status = {line.split(":")[0]: line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith(("VmHWM", "VmRSS"))}
         out["peak_rss_mb"] = round(int(status["VmHWM"]) / 1024, 1)
         out["rss_mb"] = round(int(status["VmRSS"]) / 1024, 1)
     return out
+
+
+def bm25_budgets(r: Retriever, run: Any, qtext: list[str]) -> dict[str, Any]:
+    """BM25 and hybrid at several postings budgets, each beside BM25 over every query term: p50s,
+    how much of the all-terms top 10 (BM25) and top 5 (hybrid) each keeps, and the terms kept."""
+    default_from, default_budget = store_mod.BM25_BUDGET_FROM, store_mod.BM25_POSTINGS_BUDGET
+    res: dict[str, Any] = {"budget_applies_above_chunks": default_from, "default_budget": default_budget}
+    store_mod.BM25_BUDGET_FROM = 1 << 62
+    _, all_bm25 = run("bm25")
+    lat_b, _ = run("bm25")
+    lat_h, all_hybrid = run("hybrid")
+    res["all_terms"] = {"bm25_p50_ms": round(statistics.median(lat_b), 2),
+                        "hybrid_p50_ms": round(statistics.median(lat_h), 2),
+                        "terms_mean": round(float(np.mean([len(query_terms(q)) for q in qtext])), 2)}
+    store_mod.BM25_BUDGET_FROM = default_from
+    try:
+        for budget in sorted({2_000, 5_000, default_budget, 20_000}):
+            store_mod.BM25_POSTINGS_BUDGET = budget
+            lat_b, got_b = run("bm25")
+            lat_h, got_h = run("hybrid")
+            kept = [len(r.store.rarest_terms(query_terms(q), budget)) if r.store._chunk_rows() > default_from
+                    else len(query_terms(q)) for q in qtext]
+            res[str(budget)] = {
+                "bm25_p50_ms": round(statistics.median(lat_b), 2), "hybrid_p50_ms": round(statistics.median(lat_h), 2),
+                "bm25_top10_overlap": _overlap(got_b, all_bm25), "hybrid_top5_overlap": _overlap(got_h, all_hybrid),
+                "terms_kept_mean": round(float(np.mean(kept)), 2)}
+    finally:
+        store_mod.BM25_POSTINGS_BUDGET = default_budget
+    return res
+
+
+def _overlap(got: list[list[str]], ref: list[list[str]]) -> float | None:
+    pairs = [(set(g), set(f)) for g, f in zip(got, ref, strict=True) if f]
+    return round(float(np.mean([len(g & f) / len(f) for g, f in pairs])), 4) if pairs else None
 
 
 def hnsw_float32(ids: Any, vecs: Any) -> Any:
@@ -288,6 +354,9 @@ def main() -> None:
                     help="--stream: where the stores go, kept after (default: a temporary folder, removed after)")
     ap.add_argument("--queries-only", action="store_true",
                     help="--stream with --work: run only the query phase again over the stores kept there")
+    ap.add_argument("--text", choices=("uniform", "zipf"), default="uniform",
+                    help="--stream: the chunks' words uniform over 20k (as the other sizes) or Zipf-distributed; "
+                         "key stream_N or stream_N_zipf")
     ap.add_argument("--query-phase", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.query_phase:
@@ -297,21 +366,22 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-")))
             for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+                key = stream_key(n, args.text)
                 if args.queries_only:
-                    row = json.loads(args.out.read_text())[f"stream_{n}"]
-                    row[args.kinds.split(",")[0]]["query_side"] = query_side(work / f"stream-{n}")
+                    row = json.loads(args.out.read_text())[key]
+                    row[args.kinds.split(",")[0]]["query_side"] = query_side(work / key.replace("_", "-"))
                 else:
-                    row = bench_stream(n, work, args.kinds.split(",")[0])
-                result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-                result[f"stream_{n}"] = row
-                args.out.write_text(json.dumps(result, indent=2) + "\n")
+                    row = bench_stream(n, work, args.kinds.split(",")[0], text=args.text)
+                saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+                saved[key] = row
+                args.out.write_text(json.dumps(saved, indent=2) + "\n")
         print(f"written to {args.out}")
         return
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     dtypes = [t for t in args.vector_dtypes.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="raftsmith-index-scale-") as tmp:
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            rows = {t: bench(n, Path(tmp), tuple(args.kinds.split(",")), vector_dtype=t) for t in dtypes}
+            rows: dict[str, Any] = {t: bench(n, Path(tmp), tuple(args.kinds.split(",")), vector_dtype=t) for t in dtypes}
             if len(rows) == 1:
                 result[str(n)] = rows[dtypes[0]]
                 continue

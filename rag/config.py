@@ -286,6 +286,9 @@ class ChatConfig(Section):
         "chunk", description="'document': several hits of one document lift it (for corpora where a "
         "document is the unit of answer); results come grouped by document.")
     min_score: float = Field(0.25, description="Dense cosine below which a chunk counts as irrelevant.")
+    bm25_budget: int = Field(
+        10_000, ge=0, description="On an index of over 100k chunks, the most chunks one BM25 query scores: its "
+        "commonest terms are left out first, its rarest always kept. 0 = every term, always (slow at millions).")
     num_ctx: int = Field(4096, ge=512)
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)

@@ -62,6 +62,7 @@ class Retriever:
         self.fusion = chat.fusion if chat else "rrf"
         self.dense_weight = chat.dense_weight if chat else 0.5
         self.aggregate = chat.aggregate if chat else "chunk"
+        self.bm25_budget = chat.bm25_budget if chat else None  # None: the store's default
         self._embedding_cfg = embedding
         self._root = root
         self.store = IndexStore(self.index_dir, readonly=True)
@@ -193,7 +194,7 @@ class Retriever:
         dense = self._dense(qvec, depth) if (qvec is not None and mode != "bm25") else []
         grouped = self.aggregate == "document"
         deep = mode == "hybrid" or diverse or grouped
-        bm25 = self.store.bm25(query, depth if deep else k) if mode in ("bm25", "hybrid") else []
+        bm25 = self.store.bm25(query, depth if deep else k, self.bm25_budget) if mode in ("bm25", "hybrid") else []
         dense_rank = {i: r for r, (i, _) in enumerate(dense, start=1)}
         bm25_rank = {i: r for r, (i, _) in enumerate(bm25, start=1)}
         if mode == "dense":

@@ -61,6 +61,10 @@ _DROP = "DROP TABLE IF EXISTS chunks_fts; DROP TABLE IF EXISTS chunks; DELETE FR
 
 #: BM25 column weights: heading, text, document context, identifier forms
 BM25_WEIGHTS = (2.0, 1.0, 0.5, 1.0)
+#: above this many chunks a BM25 query leaves out its most common terms beyond the budget below
+BM25_BUDGET_FROM = 100_000
+#: most chunks one BM25 query scores (summed over the terms kept; the rarest term is always kept)
+BM25_POSTINGS_BUDGET = 10_000
 REBUILD_HINT = ("Run 'raftsmith ingest --rebuild' to rebuild it from your documents (for an installed bundle: "
                 "on the home machine, then make and install a new bundle).")
 
@@ -152,14 +156,22 @@ def identifier_forms(text: str) -> list[str]:
     return out
 
 
-def fts_query(text: str) -> str:
-    """A safe FTS5 MATCH expression from free text: every word quoted, OR-ed together, plus the
-    whole and CamelCase forms of identifiers (matched in the ``terms`` column)."""
+def query_terms(text: str) -> list[str]:
+    """The words of free text, lowercased, then the whole and CamelCase forms of its identifiers;
+    first appearance order, no duplicates."""
     seen: list[str] = []
     for w in [*_WORD.findall(text.lower()), *identifier_forms(text)]:
         if w not in seen:
             seen.append(w)
-    return " OR ".join(f'"{w}"' for w in seen)
+    return seen
+
+
+def fts_query(text: str | list[str]) -> str:
+    """A safe FTS5 MATCH expression from free text (or :func:`query_terms`): every word quoted,
+    OR-ed together, plus the whole and CamelCase forms of identifiers (matched in the ``terms``
+    column)."""
+    terms = query_terms(text) if isinstance(text, str) else text
+    return " OR ".join(f'"{w}"' for w in terms)
 
 
 class IndexStore:
@@ -398,17 +410,59 @@ class IndexStore:
         mat = np.frombuffer(joined, dtype=dtype).reshape(len(rows), -1).astype(np.float32)
         return np.asarray([int(i) for i, _ in rows], dtype=np.int64), mat
 
-    def bm25(self, query: str, limit: int) -> list[tuple[int, float]]:
-        """(row id, score) best first; score = -bm25 so higher is better."""
-        expr = fts_query(query)
-        if not expr:
+    def bm25(self, query: str, limit: int, budget: int | None = None) -> list[tuple[int, float]]:
+        """(row id, score) best first; score = -bm25 so higher is better.
+
+        FTS5 scores every chunk that holds any query term, so on a large index a query with
+        common words costs time in proportion to their postings (~3 us a chunk here). Above
+        ``BM25_BUDGET_FROM`` chunks the query keeps its rarest terms while their postings add
+        up to ``budget`` (``BM25_POSTINGS_BUDGET``), and always its rarest one: the terms left
+        out are the ones BM25 weighs least (lowest IDF), like stopwords found from the index.
+        ``budget=0``: every term, always (``chat.bm25_budget``)."""
+        terms = query_terms(query)
+        if not terms:
             return []
+        budget = BM25_POSTINGS_BUDGET if budget is None else budget
+        if budget and len(terms) > 1 and self._chunk_rows() > BM25_BUDGET_FROM:
+            terms = self.rarest_terms(terms, budget)
+        expr = fts_query(terms)
         rows = self.con.execute(
             f"SELECT rowid, bm25(chunks_fts, {', '.join(map(str, BM25_WEIGHTS))}) AS s FROM chunks_fts"
             " WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
             (expr, limit),
         )
         return [(int(r), -float(s)) for r, s in rows]
+
+    def rarest_terms(self, terms: list[str], budget: int) -> list[str]:
+        """``terms`` without their most common ones: kept rarest first while the kept terms'
+        chunk counts sum to at most ``budget``, the rarest always kept; in the given order. A
+        term's count is read up to ``budget + 1`` postings only, so this costs at most about
+        ``len(terms) * budget`` posting steps (~0.1 us each), never a term's whole list. When
+        every term is over the budget they are counted once more up to 4x as far to find the
+        rarest (a tie goes to the first in the query)."""
+        counts = {t: self._postings_upto(t, budget + 1) for t in terms}
+        if min(counts.values()) > budget:
+            counts = {t: self._postings_upto(t, 4 * (budget + 1)) for t in terms}
+            return [min(terms, key=lambda t: counts[t])]
+        kept: set[str] = set()
+        total = 0
+        for t in sorted(terms, key=lambda t: counts[t]):
+            if kept and total + counts[t] > budget:
+                break
+            kept.add(t)
+            total += counts[t]
+        return [t for t in terms if t in kept]
+
+    def _postings_upto(self, term: str, limit: int) -> int:
+        """How many chunks hold ``term`` (FTS5's own match, stemming included), counted up to ``limit``."""
+        row = self.con.execute("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
+                               (f'"{term}"', limit)).fetchone()
+        return int(row[0])
+
+    def _chunk_rows(self) -> int:
+        """About how many chunks the store holds (the highest row id: instant at any size)."""
+        row = self.con.execute("SELECT max(id) FROM chunks").fetchone()
+        return int(row[0] or 0)
 
 
 # --- FAISS --------------------------------------------------------------------------------
