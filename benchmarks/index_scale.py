@@ -311,12 +311,13 @@ def bm25_budgets(r: Retriever, run: Any, qtext: list[str]) -> dict[str, Any]:
             store_mod.BM25_POSTINGS_BUDGET = budget
             lat_b, got_b = run("bm25")
             lat_h, got_h = run("hybrid")
-            kept = [len(r.store.rarest_terms(query_terms(q), budget)) if r.store._chunk_rows() > default_from
-                    else len(query_terms(q)) for q in qtext]
+            plans = [r.store.bm25_plan(query_terms(q), budget) if r.store._chunk_rows() > default_from
+                     else (query_terms(q), False) for q in qtext]
             res[str(budget)] = {
                 "bm25_p50_ms": round(statistics.median(lat_b), 2), "hybrid_p50_ms": round(statistics.median(lat_h), 2),
                 "bm25_top10_overlap": _overlap(got_b, all_bm25), "hybrid_top5_overlap": _overlap(got_h, all_hybrid),
-                "terms_kept_mean": round(float(np.mean(kept)), 2)}
+                "terms_kept_mean": round(float(np.mean([len(k) for k, _ in plans])), 2),
+                "conjunctive_share": round(float(np.mean([c for _, c in plans])), 3)}
     finally:
         store_mod.BM25_POSTINGS_BUDGET = default_budget
     return res

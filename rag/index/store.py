@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -63,8 +64,10 @@ _DROP = "DROP TABLE IF EXISTS chunks_fts; DROP TABLE IF EXISTS chunks; DELETE FR
 BM25_WEIGHTS = (2.0, 1.0, 0.5, 1.0)
 #: above this many chunks a BM25 query leaves out its most common terms beyond the budget below
 BM25_BUDGET_FROM = 100_000
-#: most chunks one BM25 query scores (summed over the terms kept; the rarest term is always kept)
+#: most chunks one BM25 query scores (summed over the terms kept; see IndexStore.bm25_plan)
 BM25_POSTINGS_BUDGET = 10_000
+#: a query term's chunks are counted up to this many times the budget (past it: "very common")
+BM25_COUNT_CAP = 20
 REBUILD_HINT = ("Run 'raftsmith ingest --rebuild' to rebuild it from your documents (for an installed bundle: "
                 "on the home machine, then make and install a new bundle).")
 
@@ -185,6 +188,8 @@ class IndexStore:
         self.outdated = False
         #: when a list, delete_chunks() appends the ids it removes (ingest updates IVF indexes in place)
         self.deleted_ids: Any = None
+        #: (term, cap) -> chunks holding the term, for budgeted BM25 queries (bm25_plan)
+        self._term_counts: dict[tuple[str, int], int] = {}
         if readonly:
             if not self.db_path.is_file():
                 raise IndexStoreError(
@@ -414,50 +419,67 @@ class IndexStore:
         """(row id, score) best first; score = -bm25 so higher is better.
 
         FTS5 scores every chunk that holds any query term, so on a large index a query with
-        common words costs time in proportion to their postings (~3 us a chunk here). Above
-        ``BM25_BUDGET_FROM`` chunks the query keeps its rarest terms while their postings add
-        up to ``budget`` (``BM25_POSTINGS_BUDGET``), and always its rarest one: the terms left
-        out are the ones BM25 weighs least (lowest IDF), like stopwords found from the index.
-        ``budget=0``: every term, always (``chat.bm25_budget``)."""
+        common words costs time in proportion to their postings (~1-3 us a chunk here: a
+        second for 8 words at 10M chunks). Above ``BM25_BUDGET_FROM`` chunks :meth:`bm25_plan`
+        keeps the query's rarest terms within ``budget`` postings (``chat.bm25_budget``,
+        default ``BM25_POSTINGS_BUDGET``; 0 = every term, always)."""
         terms = query_terms(query)
         if not terms:
             return []
         budget = BM25_POSTINGS_BUDGET if budget is None else budget
+        exprs = [fts_query(terms)]
         if budget and len(terms) > 1 and self._chunk_rows() > BM25_BUDGET_FROM:
-            terms = self.rarest_terms(terms, budget)
-        expr = fts_query(terms)
-        rows = self.con.execute(
-            f"SELECT rowid, bm25(chunks_fts, {', '.join(map(str, BM25_WEIGHTS))}) AS s FROM chunks_fts"
-            " WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
-            (expr, limit),
-        )
-        return [(int(r), -float(s)) for r, s in rows]
+            kept, conjunctive = self.bm25_plan(terms, budget)
+            # every kept term over the budget: the chunks holding two of them first (BM25's best:
+            # they add two terms' weights), then, if those are fewer than asked, the rarest term's
+            exprs = ([" OR ".join(f'("{a}" AND "{b}")' for a, b in itertools.combinations(kept, 2)), f'"{kept[0]}"']
+                     if conjunctive else [fts_query(kept)])
+        out: dict[int, float] = {}
+        for expr in exprs:
+            rows = self.con.execute(
+                f"SELECT rowid, bm25(chunks_fts, {', '.join(map(str, BM25_WEIGHTS))}) AS s FROM chunks_fts"
+                " WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
+                (expr, limit),
+            )
+            for r, sc in rows:
+                out.setdefault(int(r), -float(sc))
+            if len(out) >= limit:
+                break
+        return list(out.items())[:limit]
 
-    def rarest_terms(self, terms: list[str], budget: int) -> list[str]:
-        """``terms`` without their most common ones: kept rarest first while the kept terms'
-        chunk counts sum to at most ``budget``, the rarest always kept; in the given order. A
-        term's count is read up to ``budget + 1`` postings only, so this costs at most about
-        ``len(terms) * budget`` posting steps (~0.1 us each), never a term's whole list. When
-        every term is over the budget they are counted once more up to 4x as far to find the
-        rarest (a tie goes to the first in the query)."""
-        counts = {t: self._postings_upto(t, budget + 1) for t in terms}
-        if min(counts.values()) > budget:
-            counts = {t: self._postings_upto(t, 4 * (budget + 1)) for t in terms}
-            return [min(terms, key=lambda t: counts[t])]
+    def bm25_plan(self, terms: list[str], budget: int) -> tuple[list[str], bool]:
+        """(terms kept, conjunctive) for a budgeted BM25 query.
+
+        Terms are kept rarest first while their chunk counts add up to at most ``budget``, in
+        the query's order: the ones left out are those BM25 weighs least (lowest IDF), like
+        stopwords found from the index. When even the rarest is over the budget, the three
+        rarest are kept, rarest first, to be matched two at a time (``conjunctive``). Counts
+        are FTS5's own matches (stemming included), read up to ``BM25_COUNT_CAP`` times the
+        budget and kept for this store's life: ~0.1 us a posting, paid once per term."""
+        cap = BM25_COUNT_CAP * max(budget, 1)
+        counts = {t: self._term_chunks(t, cap) for t in terms}
+        order = sorted(terms, key=lambda t: counts[t])
+        if counts[order[0]] > budget:
+            return order[:3], len(order) > 1
         kept: set[str] = set()
         total = 0
-        for t in sorted(terms, key=lambda t: counts[t]):
-            if kept and total + counts[t] > budget:
+        for t in order:
+            if total + counts[t] > budget:
                 break
             kept.add(t)
             total += counts[t]
-        return [t for t in terms if t in kept]
+        return [t for t in terms if t in kept], False
 
-    def _postings_upto(self, term: str, limit: int) -> int:
-        """How many chunks hold ``term`` (FTS5's own match, stemming included), counted up to ``limit``."""
-        row = self.con.execute("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
-                               (f'"{term}"', limit)).fetchone()
-        return int(row[0])
+    def _term_chunks(self, term: str, cap: int) -> int:
+        """How many chunks hold ``term``, counted up to ``cap`` (cached)."""
+        key = (term, cap)
+        if key not in self._term_counts:
+            if len(self._term_counts) > 100_000:
+                self._term_counts.clear()
+            row = self.con.execute("SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
+                                   (f'"{term}"', cap)).fetchone()
+            self._term_counts[key] = int(row[0])
+        return self._term_counts[key]
 
     def _chunk_rows(self) -> int:
         """About how many chunks the store holds (the highest row id: instant at any size)."""

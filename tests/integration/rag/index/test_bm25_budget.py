@@ -42,20 +42,41 @@ def _ro(d: Path) -> IndexStore:
     return IndexStore(d, readonly=True)
 
 
-def test_rarest_terms_drops_the_common_words_first(store_dir: Path) -> None:
+def test_plan_drops_the_common_words_first(store_dir: Path) -> None:
     s = _ro(store_dir)
     try:
         terms = ["relay", "port", "heartbeat", "kx7"]
         # counts: relay 400, port 100, heartbeat 8, kx7 1
-        assert s.rarest_terms(terms, 1000) == terms  # all fit: nothing dropped
-        assert s.rarest_terms(terms, 120) == ["port", "heartbeat", "kx7"]  # 1 + 8 + 100 fit, relay does not
-        assert s.rarest_terms(terms, 50) == ["heartbeat", "kx7"]
-        assert s.rarest_terms(terms, 0) == ["kx7"]  # the rarest is always kept
-        # every term over the budget: counted again up to 4x as far, and the rarest kept alone
-        assert s.rarest_terms(["relay", "port"], 30) == ["port"]  # 100 vs 124+ (counted to 124)
-        assert s.rarest_terms(["relay", "port"], 10) == ["relay"]  # both past 44: a tie, the first one
-        # the count is FTS5's own match, stemming included: "runs" counts the chunks with "running"
-        assert s.rarest_terms(["relay", "runs"], 45) == ["runs"]
+        assert s.bm25_plan(terms, 1000) == (terms, False)  # all fit: nothing dropped
+        assert s.bm25_plan(terms, 120) == (["port", "heartbeat", "kx7"], False)  # 1 + 8 + 100 fit, relay does not
+        assert s.bm25_plan(terms, 50) == (["heartbeat", "kx7"], False)
+        # the count is FTS5's own match, stemming included: "runs" counts the 40 chunks with "running"
+        assert s.bm25_plan(["relay", "runs"], 45) == (["runs"], False)
+        # even the rarest over the budget: the three rarest, rarest first, matched two at a time
+        assert s.bm25_plan(["relay", "port", "heartbeat"], 6) == (["heartbeat", "port", "relay"], True)
+        # counts stop at 20x the budget: past it, terms tie and keep the query's order
+        assert s.bm25_plan(["relay", "port", "heartbeat", "kx7"], 0) == (["kx7", "heartbeat", "relay"], True)
+        assert s.bm25_plan(["relay", "port"], 30) == (["port", "relay"], True)
+        assert s.bm25_plan(["relay"], 30) == (["relay"], False)
+    finally:
+        s.close()
+
+
+def test_conjunctive_when_every_term_is_common(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "BM25_BUDGET_FROM", 10)
+    weights = ", ".join(map(str, store_mod.BM25_WEIGHTS))
+    s = _ro(store_dir)
+    try:
+        # port 100 and heartbeat 8 both over 5: the chunks with both (every 100th) first, then
+        # the rest of the rarest term's (heartbeat: every 50th) to fill the list
+        got = [i for i, _ in s.bm25("port heartbeat", 50, budget=5)]
+        both = [int(r) for r, in s.con.execute(
+            f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts, {weights}) LIMIT 50",
+            ('"port" AND "heartbeat"',))]
+        assert len(both) == N // 100 and got[:len(both)] == both
+        assert set(got) == {i for i, _ in s.bm25("heartbeat", 50, budget=0)}
+        # a limit the pairs fill alone: no second query
+        assert [i for i, _ in s.bm25("port heartbeat", 3, budget=5)] == both[:3]
     finally:
         s.close()
 
