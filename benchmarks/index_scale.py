@@ -81,6 +81,16 @@ def query_rss_mb(faiss_path: Path) -> dict[str, float]:
     return {"rss_mb": round(after, 1), "index_mb": round(after - before, 1)}
 
 
+def synthetic_row(i: int, text: str) -> ChunkRow:
+    """Chunk ``i`` of a synthetic corpus (20 chunks a document, 60 words a chunk)."""
+    return ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1, text, 60, f"{i}")
+
+
+def recall_at_10(got: list[list[int]], truth: np.ndarray) -> float:
+    """Mean share of each query's exact top 10 (rows of ``truth``) found in its ``got``."""
+    return round(float(np.mean([len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
+
+
 def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq"), queries: int = 200,
           vector_dtype: str = NEW_VECTOR_DTYPE) -> dict[str, Any]:
     import numpy as np
@@ -102,8 +112,7 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
     with store.transaction():
         words = rnd.integers(0, len(vocab), size=(n, 60))
         store.insert_chunks(
-            (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
-                      " ".join(vocab[j] for j in words[i]), 60, f"{i}"), vecs[i]) for i in range(n))
+            (synthetic_row(i, " ".join(vocab[j] for j in words[i])), vecs[i]) for i in range(n))
         store.set_meta("generation", "1")
         store.set_meta("embedding_model", "default")
     row: dict[str, Any] = {"vectors": "synthetic clustered unit vectors (1 centre per 100), 384-d",
@@ -134,8 +143,7 @@ def bench(n: int, work: Path, kinds: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
                                "query_side": query_rss_mb(d / FAISS_NAME)}
         with Retriever(d, EmbeddingConfig()) as r:
             got = [[int(i) for i, _ in r._dense(q, 10)] for q in qv]
-            res["recall@10_vs_flat"] = round(float(np.mean(
-                [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
+            res["recall@10_vs_flat"] = recall_at_10(got, truth)
             for mode in ("dense", "hybrid"):
                 lat = []
                 for i in range(queries):
@@ -204,9 +212,7 @@ def bench_stream(n: int, work: Path, kind: str = "ivfpq", queries: int = 200, te
         qv[here] = vecs[picks[here] - b * STREAM_BLOCK]
         with store.transaction():  # one commit per block, as ingest commits its batches
             store.insert_chunks(
-                (ChunkRow(f"{i:064x}", f"doc{i // 20}.md", f"Doc {i // 20} > Part {i % 20}", 1, 5, None, 0, 1,
-                          " ".join(vocab[j] for j in words[r]), 60, f"{i}"), vecs[r])
-                for r, i in enumerate(ids.tolist()))
+                (synthetic_row(i, " ".join(vocab[j] for j in words[r])), vecs[r]) for r, i in enumerate(ids.tolist()))
         if b % 10 == 9 or b == blocks - 1:
             say(f"{n}: inserted {int(ids[-1]):,} rows, {time.perf_counter() - t0:.0f} s")
     with store.transaction():
@@ -268,8 +274,7 @@ def query_phase(d: Path) -> dict[str, Any]:
         r._index()
         out["faiss_load_s"] = round(time.perf_counter() - t0, 1)
         got = [[int(i) for i, _ in r._dense(q, 10)] for q in qv]
-        out["recall@10_vs_flat"] = round(float(np.mean(
-            [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4)
+        out["recall@10_vs_flat"] = recall_at_10(got, truth)
         def run(mode: str) -> tuple[list[float], list[list[str]]]:
             lat, got = [], []
             for i in range(len(qv)):
@@ -311,8 +316,7 @@ def nprobe_sweep(r: Retriever, qv: np.ndarray, truth: np.ndarray) -> dict[str, A
             t0 = time.perf_counter()
             got.append([i for i, _ in r._dense(q, 10)])
             lat.append((time.perf_counter() - t0) * 1000)
-        res[str(v)] = {"recall@10_vs_flat": round(float(np.mean(
-            [len(set(g) & set(t.tolist())) / 10 for g, t in zip(got, truth, strict=True)])), 4),
+        res[str(v)] = {"recall@10_vs_flat": recall_at_10(got, truth),
             "dense_p50_ms": round(statistics.median(lat), 2)}
     apply_search_params(index, {"nprobe": chosen})
     return res
